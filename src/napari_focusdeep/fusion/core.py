@@ -1,0 +1,417 @@
+"""``fuse``: the one entry point every face (napari, CLI, benchmarks) calls.
+
+The driver streams frames: for each block of the image (the whole image unless it
+is very large) it reads the frames one by one, normalises them to float32, hands
+them to the method's accumulator and yields progress, so memory is a few frames'
+worth whatever the number of frames, and a consumer can cancel at every frame.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterator
+
+import dask.array as da
+import numpy as np
+
+from ..stack import Stack
+from .registry import Method, get_method
+
+__all__ = [
+    "FusionResult",
+    "Progress",
+    "FusionCancelled",
+    "fuse",
+    "fuse_iter",
+    "to_float",
+    "from_float",
+    "selection_image",
+    "block_grid",
+]
+
+
+class FusionCancelled(RuntimeError):
+    """Raised by :func:`fuse` when its ``cancel`` event is set."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a long run: ``done`` of ``total`` steps in ``stage``."""
+
+    done: int
+    total: int
+    stage: str
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+@dataclass
+class FusionResult:
+    """What :func:`fuse` returns.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        The all-in-focus image, ``(Y, X[, C])`` (``(T, Y, X[, C])`` for time series),
+        in the input dtype.
+    depth : numpy.ndarray
+        float32 depth map ``(Y, X)``: the sharpest frame per pixel, multiplied by the
+        z-step when it is known (see ``depth_unit``).
+    depth_unit : str
+        ``"frame"`` or the stack's spatial unit.
+    method : str
+        The method that made it.
+    transforms : object or None
+        The registration transforms (:class:`napari_focusdeep.registration.Transforms`)
+        when registration ran; for time series, those of the last time point.
+    valid_region : tuple or None
+        ``(y0, y1, x0, x1)`` covered by every registered frame; crop to it to drop
+        the borders that warping filled in.
+    scale : dict
+        Physical pixel size of the result (``"Y"``, ``"X"``), copied from the stack.
+    registered : dask.array.Array or None
+        The registered stack (lazy), when asked for with ``return_registered=True``.
+    """
+
+    image: np.ndarray
+    depth: np.ndarray
+    depth_unit: str = "frame"
+    method: str = "pyramid"
+    transforms: Any = None
+    valid_region: tuple[int, int, int, int] | None = None
+    scale: dict[str, float] = field(default_factory=dict)
+    unit: str | None = None
+    registered: da.Array | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# -- dtype handling --------------------------------------------------------------------
+def to_float(frame: np.ndarray) -> np.ndarray:
+    """Scale integer data to float32 in [0, 1] by its dtype's range; floats pass through."""
+    frame = np.asarray(frame)
+    if frame.dtype.kind in "ui":
+        info = np.iinfo(frame.dtype)
+        out = frame.astype(np.float32)
+        if info.min < 0:
+            out -= info.min
+        out *= 1.0 / (info.max - info.min)
+        return out
+    if frame.dtype == np.bool_:
+        return frame.astype(np.float32)
+    return frame.astype(np.float32, copy=False)
+
+
+def from_float(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Inverse of :func:`to_float`: clip and round back into an integer dtype."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        scaled = image.astype(np.float64) * (info.max - info.min) + info.min
+        return np.clip(np.rint(scaled), info.min, info.max).astype(dtype)
+    if dtype == np.bool_:
+        return image >= 0.5
+    return image.astype(dtype, copy=False)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def selection_image(frame: np.ndarray, channel: int | str | None = None) -> np.ndarray:
+    """The gray image focus is measured on.
+
+    ``frame`` is ``(H, W, C)`` float32. ``channel=None`` or ``"luminance"`` takes
+    Rec. 601 luminance for RGB(A) and the channel mean for other channel counts;
+    ``"max"`` the per-pixel maximum (fluorescence with sparse channels); an integer
+    selects one channel.
+    """
+    c = frame.shape[-1]
+    if channel is None or channel == "luminance":
+        if c == 1:
+            return frame[..., 0]
+        if c in (3, 4):
+            return frame[..., :3] @ _LUMA
+        return frame.mean(axis=-1)
+    if channel == "max":
+        return frame.max(axis=-1)
+    idx = int(channel)
+    if not -c <= idx < c:
+        raise ValueError(f"channel {idx} does not exist; the stack has {c} channel(s)")
+    return frame[..., idx]
+
+
+# -- blocks ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Block:
+    """A core region ``[y0, y1) x [x0, x1)`` and the larger region read around it."""
+
+    core: tuple[int, int, int, int]
+    read: tuple[int, int, int, int]
+
+
+def block_grid(
+    shape: tuple[int, int], block: int, halo: int, align: int = 1, ramp: int = 0
+) -> list[Block]:
+    """Tile ``shape`` into cores of about ``block`` pixels with ``halo + ramp`` context.
+
+    Core origins are multiples of ``align`` and the context is rounded up to one,
+    so multi-scale methods see the same pixel grid in a block as in the whole image.
+    """
+    h, w = shape
+    align = max(1, int(align))
+    ctx = int(math.ceil((halo + ramp) / align) * align)
+    step = max(align, (int(block) // align) * align)
+    blocks = []
+    for y0 in range(0, h, step):
+        for x0 in range(0, w, step):
+            y1, x1 = min(h, y0 + step), min(w, x0 + step)
+            read = (max(0, y0 - ctx), min(h, y1 + ctx), max(0, x0 - ctx), min(w, x1 + ctx))
+            blocks.append(Block((y0, y1, x0, x1), read))
+    return blocks
+
+
+def _ramp(n: int, lo: int, hi: int, start: int, stop: int, ramp: int) -> np.ndarray:
+    """1-D weights over read region [start, stop): 1 on the core [lo, hi), raised-cosine
+    ramps of width ``2*ramp`` centred on interior core edges, 0 beyond."""
+    pos = np.arange(start, stop, dtype=np.float64) + 0.5
+    w = np.ones(stop - start)
+    if ramp <= 0:
+        return ((pos >= lo) & (pos < hi)).astype(np.float32)
+    if lo > 0:
+        t = np.clip((pos - (lo - ramp)) / (2 * ramp), 0, 1)
+        w *= np.sin(0.5 * np.pi * t) ** 2
+    if hi < n:
+        t = np.clip((pos - (hi - ramp)) / (2 * ramp), 0, 1)
+        w *= np.cos(0.5 * np.pi * t) ** 2
+    return w.astype(np.float32)
+
+
+# -- the driver -----------------------------------------------------------------------
+def fuse_iter(
+    stack: Stack | np.ndarray | da.Array,
+    *,
+    method: str = "pyramid",
+    register: bool = True,
+    reference: str | int = "middle",
+    motion: str = "affine",
+    transforms: Any = None,
+    channel: int | str | None = None,
+    block_size: int | None = None,
+    return_registered: bool = False,
+    **options: Any,
+) -> Generator[Progress, None, FusionResult]:
+    """Fuse a stack, yielding :class:`Progress` after every frame; returns the result.
+
+    Use ``result = yield from fuse_iter(...)`` inside another generator (the napari
+    worker does), or call :func:`fuse`. Closing the generator cancels the run and
+    removes any temporary files. Parameters are those of :func:`fuse`.
+    """
+    if not isinstance(stack, Stack):
+        stack = Stack.from_array(stack)
+    meth = get_method(method)
+    opts = {**meth.options, **options}
+    if stack.n_frames < 1:
+        raise ValueError("the stack has no frames")
+    n_t = stack.n_timepoints
+    images, depths = [], []
+    result_transforms = None
+    registered = None
+    info: dict[str, Any] = {}
+    for t in range(n_t):
+        zstack = stack.timepoint(t)
+        data = zstack.data
+        if zstack.has_channels is False:
+            data = data[..., None]
+        if register and transforms is None and zstack.n_frames > 1:
+            from ..registration import iter_estimate_transforms
+
+            gen = iter_estimate_transforms(data, motion=motion, reference=reference)
+            tf = yield from _relay(gen, "register", f"registering (time point {t + 1}/{n_t})" if n_t > 1 else "registering")
+        else:
+            tf = transforms
+        if tf is not None:
+            from ..registration import apply_transforms
+
+            data = apply_transforms(data, tf)
+        result_transforms = tf
+        image, depth, info = yield from _fuse_zstack(data, meth, opts, channel, block_size)
+        images.append(from_float(image if zstack.has_channels else image[..., 0], stack.dtype))
+        depths.append(depth)
+        if return_registered:
+            registered = data if zstack.has_channels else data[..., 0]
+    image = images[0] if n_t == 1 else np.stack(images)
+    depth = depths[0] if n_t == 1 else np.stack(depths)
+    depth_unit = "frame"
+    if stack.z_step:
+        depth = depth * np.float32(stack.z_step)
+        depth_unit = stack.unit or "physical"
+    return FusionResult(
+        image=image,
+        depth=depth.astype(np.float32),
+        depth_unit=depth_unit,
+        method=meth.name,
+        transforms=result_transforms,
+        valid_region=getattr(result_transforms, "valid_region", None),
+        scale={k: v for k, v in stack.scale.items() if k in "YX"},
+        unit=stack.unit,
+        registered=registered,
+        info=info,
+    )
+
+
+def _relay(gen: Generator, stage: str, message: str) -> Generator[Progress, None, Any]:
+    """Turn a sub-generator's ``(done, total)`` yields into :class:`Progress`."""
+    try:
+        while True:
+            done, total = next(gen)
+            yield Progress(done, total, stage, message)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _fuse_zstack(
+    data: da.Array,
+    meth: Method,
+    opts: dict[str, Any],
+    channel: int | str | None,
+    block_size: int | None,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, dict]]:
+    n, h, w, c = (int(s) for s in data.shape)
+    halo = int(meth.halo(**opts))
+    align = int(meth.align(**opts))
+    ramp = int(opts.get("ramp", 0)) if meth.blend else 0
+    block = int(block_size or opts.get("block_size") or meth.default_block)
+    blocks = block_grid((h, w), block, halo, align, ramp)
+    spill_dir = None
+    try:
+        if len(blocks) > 1:
+            # Reading a block of a lazily decoded (JPEG, compressed TIFF) or warped frame
+            # redoes the whole frame's work for every block; write each frame once to a
+            # memory-mapped file so blocks read only their own pixels.
+            spill_dir = Path(tempfile.mkdtemp(prefix="focusdeep-"))
+            data = yield from _spill(data, spill_dir / "stack.npy")
+        total = n * len(blocks)
+        image = np.zeros((h, w, c), np.float32)
+        depth = np.zeros((h, w), np.float32)
+        weight = np.zeros((h, w), np.float32) if ramp else None
+        step = 0
+        for block in blocks:
+            ry0, ry1, rx0, rx1 = block.read
+            acc = meth.make(n, (ry1 - ry0, rx1 - rx0, c), **opts)
+            for z in range(n):
+                frame = to_float(np.asarray(data[z, ry0:ry1, rx0:rx1]))
+                acc.add(frame, selection_image(frame, channel))
+                step += 1
+                yield Progress(step, total, "fuse", f"fusing ({meth.name})")
+            out, dep = acc.finish()
+            y0, y1, x0, x1 = block.core
+            if weight is None:
+                sy, sx = slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0)
+                image[y0:y1, x0:x1] = out[sy, sx]
+                depth[y0:y1, x0:x1] = dep[sy, sx]
+            else:
+                wy = _ramp(h, y0, y1, ry0, ry1, ramp)
+                wx = _ramp(w, x0, x1, rx0, rx1, ramp)
+                wgt = wy[:, None] * wx[None, :]
+                image[ry0:ry1, rx0:rx1] += out * wgt[..., None]
+                depth[ry0:ry1, rx0:rx1] += dep * wgt
+                weight[ry0:ry1, rx0:rx1] += wgt
+        if weight is not None:
+            image /= np.maximum(weight, 1e-12)[..., None]
+            depth /= np.maximum(weight, 1e-12)
+        return image, depth, {"blocks": len(blocks), "halo": halo}
+    finally:
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _spill(data: da.Array, path: Path) -> Generator[Progress, None, np.ndarray]:
+    n = int(data.shape[0])
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=data.dtype, shape=tuple(int(s) for s in data.shape))
+    for z in range(n):
+        mm[z] = np.asarray(data[z])
+        yield Progress(z + 1, n, "prepare", "caching frames for block-wise fusion")
+    mm.flush()
+    return mm
+
+
+def fuse(
+    stack: Stack | np.ndarray | da.Array,
+    *,
+    method: str = "pyramid",
+    register: bool = True,
+    reference: str | int = "middle",
+    motion: str = "affine",
+    transforms: Any = None,
+    channel: int | str | None = None,
+    block_size: int | None = None,
+    return_registered: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    **options: Any,
+) -> FusionResult:
+    """Fuse a focus stack into one all-in-focus image.
+
+    Parameters
+    ----------
+    stack : Stack or array
+        ``(Z, Y, X[, C])`` frames (a plain array's axes are inferred), or a
+        :class:`~napari_focusdeep.stack.Stack`, which may carry a T axis.
+    method : str
+        A name from :func:`~napari_focusdeep.fusion.registry.list_methods`:
+        ``"pyramid"`` (default), ``"laplacian"``, ``"wavelet"`` or a deep model.
+    register : bool
+        Align the frames first (ECC, each frame to the previous, chained).
+    reference : {"first", "middle", "last"} or int
+        Frame the others are aligned to; the result is in its geometry.
+    motion : {"translation", "euclidean", "affine", "homography"}
+        Registration model.
+    transforms : Transforms, optional
+        Apply these (e.g. estimated on another channel) instead of estimating.
+    channel : int, "luminance", "max" or None
+        What focus is measured on; the selection applies to all channels.
+    block_size : int, optional
+        Fuse in blocks of about this many pixels per side (with overlap) to bound
+        memory on very large frames. The result equals whole-image fusion.
+    return_registered : bool
+        Also return the registered stack (lazy).
+    progress : callable, optional
+        Called with a :class:`Progress` after every frame.
+    cancel : threading.Event, optional
+        When set, the run stops at the next frame with :class:`FusionCancelled`.
+    **options
+        Method options (see each method's documentation).
+
+    Returns
+    -------
+    FusionResult
+    """
+    gen = fuse_iter(
+        stack,
+        method=method,
+        register=register,
+        reference=reference,
+        motion=motion,
+        transforms=transforms,
+        channel=channel,
+        block_size=block_size,
+        return_registered=return_registered,
+        **options,
+    )
+    try:
+        while True:
+            p = next(gen)
+            if cancel is not None and cancel.is_set():
+                raise FusionCancelled("fusion cancelled")
+            if progress is not None:
+                progress(p)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        gen.close()
