@@ -238,6 +238,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from .training.train import config_from_args, train
+    except ImportError as exc:
+        raise UsageError(f"training needs PyTorch: {exc}") from None
+    result = train(config_from_args(args), args.output, resume=not args.no_resume)
+    print(f"step {result.step}: best validation PSNR {result.best_psnr} dB ({result.stopped}); weights: {result.weights}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focusdeep", description="Focus stacking: fuse a z-stack or focus bracket into one all-in-focus image.")
@@ -294,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("train", help="train or fine-tune a model on simulated or your own data")
+    from .training._args import add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._args import add_train_arguments
 from .data import SimConfig, psnr, simulated_pair, validation_set
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train", "l1_border_loss", "main"]
@@ -354,28 +355,9 @@ def _weights_config(cfg: TrainConfig, model: torch.nn.Module, step: int, best: f
 
 
 # -- command line ----------------------------------------------------------------------
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="focusdeep train", description="Train or fine-tune a FocusDeep model.")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="run folder (checkpoints, log, weights)")
-    p.add_argument("--architecture", default="focusdeep-any", choices=["focusdeep-any", "focusdeep", "unet"])
-    p.add_argument("--model", default="{}", metavar="JSON", help='model keyword arguments, e.g. \'{"features": 32}\'')
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--frames", type=int, nargs=2, default=(4, 16), metavar=("MIN", "MAX"))
-    p.add_argument("--fixed-frames", type=int, default=None, help="fixed burst length (the focusdeep and unet models)")
-    p.add_argument("--no-noise", action="store_true", help="train without injected noise")
-    p.add_argument("--val-every", type=int, default=100)
-    p.add_argument("--val-count", type=int, default=16)
-    p.add_argument("--patience", type=int, default=None, help="early stop after this many validations without gain")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    p.add_argument("--init", default=None, metavar="WEIGHTS", help="start from these .safetensors weights")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="focusdeep train", description="Train or fine-tune a FocusDeep model.")
+    add_train_arguments(p)
     return p
 
 
