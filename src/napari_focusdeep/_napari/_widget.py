@@ -1,0 +1,516 @@
+"""The Fuse widget: pick a stack layer and a method, fuse in a worker thread, add the results.
+
+Deliberately thin: it reads a layer into a :class:`~napari_focusdeep.stack.Stack`,
+runs :func:`~napari_focusdeep.fusion.fuse_iter` in a napari thread worker (so the
+viewer stays responsive and the bar follows every frame), and adds the result as
+layers. All the work lives in the core; nothing here knows how fusion works.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generator
+
+from qtpy.QtCore import QEvent, Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ..fusion import FusionResult, Progress
+    from ..stack import Stack
+
+__all__ = ["FuseWidget"]
+
+_log = logging.getLogger(__name__)
+
+_REFERENCES = ("middle", "first", "last")
+_MOTIONS = ("affine", "translation", "euclidean", "homography")
+_STAGE_WORDS = {"register": "registering", "prepare": "caching frames", "fuse": "fusing"}
+_CHANNEL_WORDS = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "alpha")}
+
+
+@dataclass
+class _Failure:
+    """What the worker returns instead of raising: the message the user will read."""
+
+    message: str
+
+
+@dataclass
+class _Run:
+    """One fusion run: what the results need from the input layer, and the generator.
+
+    Kept outside the widget so that a run can be stopped from the widget's
+    ``destroyed`` signal, when the widget itself can no longer be touched.
+    """
+
+    layer_name: str
+    axes: str
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    rgb: bool
+    colormap: str | None
+    contrast_limits: tuple[float, float] | None
+    n_frames: int
+    z_step: float | None
+    started: float = field(default_factory=time.perf_counter)
+    worker: Any = None
+    gen: Any = None
+
+    def stop(self) -> None:
+        """Ask the worker to stop at its next frame (harmless if it has finished)."""
+        if self.worker is not None:
+            try:
+                self.worker.quit()
+            except RuntimeError:  # the Qt side is already gone
+                pass
+
+    def close_generator(self, *_: Any) -> None:
+        """Close the fusion generator so its clean-up (temporary files) runs now.
+
+        Called when the worker has finished, so the thread no longer runs it; this
+        matters after a cancel, where the worker just stops calling the generator.
+        """
+        gen, self.gen = self.gen, None
+        if gen is not None:
+            try:
+                gen.close()
+            except Exception:  # clean-up must never take the viewer down
+                _log.debug("closing the fusion generator failed", exc_info=True)
+
+
+class _RunHolder:
+    """The widget's current run, reachable after the widget's C++ side is deleted."""
+
+    def __init__(self) -> None:
+        self.run: _Run | None = None
+        self.alive = True  # False once the widget's Qt side is destroyed
+
+    def stop(self, *_: Any) -> None:
+        if self.run is not None:
+            self.run.stop()
+
+    def widget_destroyed(self, *_: Any) -> None:
+        self.alive = False
+        self.stop()
+
+
+def _fusion_job(stack: Stack, options: dict[str, Any], run: _Run) -> Generator[Progress, None, Any]:
+    """The worker's generator: relays fusion progress, returns the result or a failure.
+
+    Errors are caught here and returned as :class:`_Failure` so the widget shows one
+    plain notification instead of napari's traceback dialog.
+    """
+    from ..fusion import fuse_iter
+
+    gen = fuse_iter(stack, **options)
+    run.gen = gen
+    try:
+        result = yield from gen
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
+        _log.debug("fusion failed", exc_info=True)
+        return _Failure(str(exc) or type(exc).__name__)
+    return result
+
+
+def _eligible(layer: Any) -> bool:
+    """Image layers that can be read as a focus stack (frames along Z)."""
+    from napari.layers import Image
+
+    from ._layers import layer_axes
+
+    if not isinstance(layer, Image) or getattr(layer, "multiscale", False):
+        return False
+    axes = layer_axes(layer.data.ndim, bool(layer.rgb), layer.metadata)
+    return axes in ("ZYX", "ZYXC", "TZYX", "TZYXC")
+
+
+class FuseWidget(QWidget):
+    """Fuse a focus stack layer into an all-in-focus image and a depth map.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer whose layers are offered and to which the results are added.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._holder = _RunHolder()
+        # Stop a running fusion when the widget goes away (dock closed, viewer closed).
+        self.destroyed.connect(self._holder.widget_destroyed)
+
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("Image layer with frames along Z: (Z, Y, X), (Z, Y, X, RGB) or (T, Z, Y, X)")
+        self.method_combo = QComboBox()
+        self.method_info = QLabel()
+        self.method_info.setWordWrap(True)
+        self.method_info.setStyleSheet("color: gray;")
+        self.register_check = QCheckBox("Register frames")
+        self.register_check.setChecked(True)
+        self.register_check.setToolTip("Align every frame to the reference first (hand-held brackets, focus breathing)")
+        self.motion_combo = QComboBox()
+        self.motion_combo.addItems(_MOTIONS)
+        self.motion_combo.setToolTip("How frames may move: affine covers shift, rotation and focus breathing")
+        self.reference_combo = QComboBox()
+        self.reference_combo.addItems(_REFERENCES)
+        self.reference_combo.setToolTip("The frame whose geometry the result takes")
+        self.channel_combo = QComboBox()
+        self.channel_combo.setToolTip("What sharpness is measured on; all channels are fused the same way")
+        self.keep_registered_check = QCheckBox("Keep registered stack")
+        self.keep_registered_check.setToolTip("Also add the aligned frames as a layer (computed lazily)")
+        self.crop_check = QCheckBox("Crop to the area all frames cover")
+        self.crop_check.setToolTip("Drop the borders that registration had to fill in")
+        self.fuse_button = QPushButton("Fuse")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("Ready")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Stack", self.layer_combo)
+        form.addRow("Method", self.method_combo)
+        form.addRow("", self.method_info)
+        form.addRow("", self.register_check)
+        form.addRow("Motion", self.motion_combo)
+        form.addRow("Reference", self.reference_combo)
+        form.addRow("Sharpness on", self.channel_combo)
+        form.addRow("", self.keep_registered_check)
+        form.addRow("", self.crop_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.fuse_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.fuse_button.clicked.connect(lambda: self.fuse_layer())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.register_check.toggled.connect(self._sync_enabled)
+        self.method_combo.currentIndexChanged.connect(self._show_method_info)
+        self.layer_combo.currentIndexChanged.connect(self._refresh_channels)
+
+        self.refresh_methods()
+        events = self.viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self._refresh_layers)
+        events.inserted.connect(self._watch_layer)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_layers)
+        self._refresh_layers()
+        self._sync_enabled()
+
+    # -- state ----------------------------------------------------------------------
+    @property
+    def worker(self) -> Any:
+        """The running thread worker, or None."""
+        run = self._holder.run
+        return None if run is None else run.worker
+
+    @property
+    def is_running(self) -> bool:
+        return self._holder.run is not None
+
+    def selected_layer(self) -> Any:
+        """The layer chosen in the Stack box, or None."""
+        name = self.layer_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    # -- filling the boxes ----------------------------------------------------------
+    def refresh_methods(self) -> None:
+        """Fill the method box from the registry (descriptions become tooltips)."""
+        current = self.method_combo.currentText()
+        self.method_combo.blockSignals(True)
+        self.method_combo.clear()
+        try:
+            from ..fusion.registry import list_methods
+
+            methods = [(m.name, m.description) for m in list_methods()]
+        except Exception as exc:  # noqa: BLE001 - a broken optional method must not kill the widget
+            self._notify_error(f"could not list the fusion methods: {exc}")
+            methods = []
+        for i, (name, description) in enumerate(methods):
+            self.method_combo.addItem(name)
+            self.method_combo.setItemData(i, description, Qt.ItemDataRole.ToolTipRole)
+        names = [m[0] for m in methods]
+        if current in names:
+            self.method_combo.setCurrentIndex(names.index(current))
+        elif "pyramid" in names:
+            self.method_combo.setCurrentIndex(names.index("pyramid"))
+        self.method_combo.blockSignals(False)
+        self._show_method_info()
+
+    def _show_method_info(self, *_: Any) -> None:
+        tip = self.method_combo.currentData(Qt.ItemDataRole.ToolTipRole)
+        self.method_info.setText(tip or "")
+        self.method_combo.setToolTip(tip or "")
+
+    def _watch_layer(self, event: Any) -> None:
+        event.value.events.name.connect(self._refresh_layers)
+
+    def _refresh_layers(self, *_: Any) -> None:
+        current = self.layer_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers if _eligible(layer)]
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentIndex(names.index(current))
+        else:
+            active = self.viewer.layers.selection.active
+            if active is not None and active.name in names:
+                self.layer_combo.setCurrentIndex(names.index(active.name))
+        self.layer_combo.blockSignals(False)
+        self._refresh_channels()
+        self._sync_enabled()
+
+    def _refresh_channels(self, *_: Any) -> None:
+        layer = self.selected_layer()
+        current = self.channel_combo.currentData()
+        self.channel_combo.clear()
+        self.channel_combo.addItem("luminance", "luminance")
+        self.channel_combo.addItem("brightest channel (max)", "max")
+        if layer is not None and layer.rgb:
+            n = int(layer.data.shape[-1])
+            words = _CHANNEL_WORDS.get(n, ())
+            for i in range(n):
+                label = f"channel {i}" + (f" ({words[i]})" if i < len(words) else "")
+                self.channel_combo.addItem(label, i)
+        idx = self.channel_combo.findData(current)
+        self.channel_combo.setCurrentIndex(max(idx, 0))
+
+    def _sync_enabled(self, *_: Any) -> None:
+        running = self.is_running
+        registering = self.register_check.isChecked()
+        self.fuse_button.setEnabled(not running and self.layer_combo.count() > 0)
+        self.cancel_button.setEnabled(running)
+        for w in (self.layer_combo, self.method_combo, self.register_check, self.channel_combo):
+            w.setEnabled(not running)
+        for w in (self.motion_combo, self.reference_combo, self.keep_registered_check, self.crop_check):
+            w.setEnabled(not running and registering)
+
+    # -- running --------------------------------------------------------------------
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments for :func:`~napari_focusdeep.fusion.fuse_iter` the boxes say."""
+        register = self.register_check.isChecked()
+        return {
+            "method": self.method_combo.currentText(),
+            "register": register,
+            "reference": self.reference_combo.currentText(),
+            "motion": self.motion_combo.currentText(),
+            "channel": self.channel_combo.currentData(),
+            "return_registered": register and self.keep_registered_check.isChecked(),
+        }
+
+    def fuse_layer(self, layer: Any = None) -> Any:
+        """Start fusing ``layer`` (default: the selected one) in a worker thread.
+
+        Returns the started worker, or None when nothing was started (a run is
+        already going, or the layer is not a stack; the user is told why).
+        """
+        from napari.qt.threading import create_worker
+
+        from ._layers import stack_from_layer
+
+        if self.is_running:
+            self._notify_info("a fusion is already running; wait for it or cancel it")
+            return None
+        layer = self.selected_layer() if layer is None else layer
+        if layer is None:
+            self._notify_error("no stack to fuse: open a focus stack (or File > Open Sample > FocusDeep) first")
+            return None
+        try:
+            stack = stack_from_layer(layer)
+            options = self.options()
+            if not options["method"]:
+                raise ValueError("no fusion method is available")
+        except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
+            self._notify_error(str(exc))
+            return None
+
+        run = _Run(
+            layer_name=layer.name,
+            axes=stack.axes,
+            scale=tuple(float(s) for s in layer.scale),
+            translate=tuple(float(t) for t in layer.translate),
+            rgb=bool(layer.rgb),
+            colormap=None if layer.rgb else getattr(layer.colormap, "name", None),
+            contrast_limits=None if layer.rgb else tuple(float(c) for c in layer.contrast_limits),
+            n_frames=stack.n_frames,
+            z_step=stack.z_step,
+        )
+        worker = create_worker(_fusion_job, stack, options, run, _start_thread=False)
+        run.worker = worker
+        # Bound methods of this widget are disconnected by Qt when it is destroyed; the
+        # partials are not, so they check ``self._holder.alive`` first. The generator is
+        # closed whatever happens to the widget.
+        worker.yielded.connect(self._on_progress)
+        worker.aborted.connect(self._on_aborted)
+        worker.returned.connect(functools.partial(self._on_returned, run, options))
+        worker.finished.connect(run.close_generator)
+        worker.finished.connect(functools.partial(self._on_finished, run))
+        self._holder.run = run
+        self.progress.setRange(0, 0)  # busy until the first frame reports
+        self.status.setText(f"starting {options['method']} on '{layer.name}' ...")
+        self._sync_enabled()
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running fusion at its next frame; no layer is added."""
+        run = self._holder.run
+        if run is None:
+            return
+        run.stop()
+        self.cancel_button.setEnabled(False)
+        self.status.setText("cancelling ...")
+
+    def _on_progress(self, p: Progress) -> None:
+        if p.total:
+            self.progress.setRange(0, int(p.total))
+            self.progress.setValue(int(p.done))
+        word = p.message or _STAGE_WORDS.get(p.stage, p.stage)
+        self.status.setText(f"{word}: {p.done}/{p.total}")
+
+    def _on_aborted(self) -> None:
+        self.status.setText("cancelled")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+    def _on_finished(self, run: _Run) -> None:
+        if self._holder.run is run:
+            self._holder.run = None
+        if self._holder.alive:
+            self._sync_enabled()
+
+    def _on_returned(self, run: _Run, options: dict[str, Any], result: Any) -> None:
+        if not self._holder.alive:  # the widget went away while the last frame ran
+            return
+        if isinstance(result, _Failure):
+            self.status.setText(f"failed: {result.message}")
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self._notify_error(f"Fusion failed: {result.message}")
+            return
+        try:
+            self._add_result_layers(run, options, result)
+        except Exception as exc:  # noqa: BLE001
+            _log.debug("adding the result layers failed", exc_info=True)
+            self._notify_error(f"Fusion finished but its layers could not be added: {exc}")
+            return
+        seconds = time.perf_counter() - run.started
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.status.setText(f"done: {result.method}, {run.n_frames} frames in {seconds:.1f} s")
+
+    # -- results --------------------------------------------------------------------
+    def _add_result_layers(self, run: _Run, options: dict[str, Any], result: FusionResult) -> None:
+        from ._layers import META_KEY
+
+        spatial = [a for a in run.axes if a != "C"]
+        by_axis_scale = dict(zip(spatial, run.scale))
+        by_axis_translate = dict(zip(spatial, run.translate))
+        image, depth = result.image, result.depth
+        out_axes = [a for a in spatial if a != "Z"]  # (T,) Y, X
+        translate = [by_axis_translate[a] for a in out_axes]
+        if self.crop_check.isChecked() and result.valid_region is not None:
+            y0, y1, x0, x1 = (int(v) for v in result.valid_region)
+            if y1 > y0 and x1 > x0:
+                if run.rgb or run.axes.endswith("C"):
+                    image = image[..., y0:y1, x0:x1, :]
+                else:
+                    image = image[..., y0:y1, x0:x1]
+                depth = depth[..., y0:y1, x0:x1]
+                translate[-2] += y0 * by_axis_scale["Y"]
+                translate[-1] += x0 * by_axis_scale["X"]
+        scale = [by_axis_scale[a] for a in out_axes]
+        out_meta = {
+            "axes": "".join(out_axes) + ("C" if run.axes.endswith("C") else ""),
+            "scale": {k: float(v) for k, v in result.scale.items()},
+            "unit": result.unit,
+            "method": result.method,
+            "source": run.layer_name,
+        }
+        name = run.layer_name
+        depth_max = float(max(run.n_frames - 1, 1)) * float(run.z_step or 1.0)
+        depth_label = "frame index" if result.depth_unit == "frame" else result.depth_unit
+        if result.registered is not None:
+            reg_axes = [a for a in spatial if a != "T"]
+            reg_kw: dict[str, Any] = {"rgb": run.rgb}
+            if not run.rgb and run.colormap:
+                reg_kw["colormap"] = run.colormap
+                reg_kw["contrast_limits"] = run.contrast_limits
+            self.viewer.add_image(
+                result.registered,
+                name=f"{name} registered",
+                scale=[by_axis_scale[a] for a in reg_axes],
+                translate=[by_axis_translate[a] for a in reg_axes],
+                metadata={META_KEY: {**out_meta, "axes": "".join(reg_axes) + ("C" if run.axes.endswith("C") else "")}},
+                **reg_kw,
+            )
+        self.viewer.add_image(
+            depth,
+            name=f"{name} depth",
+            scale=scale,
+            translate=translate,
+            colormap="turbo",
+            contrast_limits=(0.0, depth_max),
+            metadata={"depth_unit": depth_label, META_KEY: {**out_meta, "axes": "".join(out_axes)}},
+        )
+        image_kw: dict[str, Any] = {"rgb": run.rgb}
+        if not run.rgb and run.colormap:
+            image_kw["colormap"] = run.colormap
+            image_kw["contrast_limits"] = run.contrast_limits
+        self.viewer.add_image(
+            image,
+            name=f"{name} all-in-focus",
+            scale=scale,
+            translate=translate,
+            metadata={META_KEY: out_meta, "valid_region": result.valid_region},
+            **image_kw,
+        )
+
+    # -- messages and lifetime ------------------------------------------------------
+    @staticmethod
+    def _notify_error(message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+
+    @staticmethod
+    def _notify_info(message: str) -> None:
+        from napari.utils.notifications import show_info
+
+        show_info(message)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        self._holder.stop()
+        super().closeEvent(event)
+
+    def event(self, event: Any) -> bool:
+        # napari removes a dock widget (its close button, viewer.window.remove_dock_widget)
+        # by taking this widget out of it (setParent(None)) without closing it; a run
+        # started here would otherwise go on and add layers nobody asked for any more.
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self._holder.stop()
+        return super().event(event)
