@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 
 from ..stack import Stack
-from .registry import Method, get_method
+from .registry import Method, TileOutOfMemory, get_method
 
 __all__ = [
     "FusionResult",
@@ -218,6 +218,9 @@ def fuse_iter(
     opts = {**meth.options, **options}
     if stack.n_frames < 1:
         raise ValueError("the stack has no frames")
+    # Validate the options before registering: a deep method finds its weights here,
+    # so a missing weights file fails at once rather than after minutes of ECC.
+    meth.halo(**opts)
     n_t = stack.n_timepoints
     images, depths = [], []
     result_transforms = None
@@ -275,6 +278,9 @@ def _relay(gen: Generator, stage: str, message: str) -> Generator[Progress, None
         return stop.value
 
 
+_MIN_BLOCK = 16
+
+
 def _fuse_zstack(
     data: da.Array,
     meth: Method,
@@ -286,49 +292,80 @@ def _fuse_zstack(
     halo = int(meth.halo(**opts))
     align = int(meth.align(**opts))
     ramp = int(opts.get("ramp", 0)) if meth.blend else 0
-    block = int(block_size or opts.get("block_size") or meth.default_block)
-    blocks = block_grid((h, w), block, halo, align, ramp)
+    # ``tile`` is the deep methods' name for the block size.
+    block = int(block_size or opts.get("block_size") or opts.get("tile") or meth.default_block)
     spill_dir = None
     try:
-        if len(blocks) > 1:
-            # Reading a block of a lazily decoded (JPEG, compressed TIFF) or warped frame
-            # redoes the whole frame's work for every block; write each frame once to a
-            # memory-mapped file so blocks read only their own pixels.
-            spill_dir = Path(tempfile.mkdtemp(prefix="focusdeep-"))
-            data = yield from _spill(data, spill_dir / "stack.npy")
-        total = n * len(blocks)
-        image = np.zeros((h, w, c), np.float32)
-        depth = np.zeros((h, w), np.float32)
-        weight = np.zeros((h, w), np.float32) if ramp else None
-        step = 0
-        for block in blocks:
-            ry0, ry1, rx0, rx1 = block.read
-            acc = meth.make(n, (ry1 - ry0, rx1 - rx0, c), **opts)
-            for z in range(n):
-                frame = to_float(np.asarray(data[z, ry0:ry1, rx0:rx1]))
-                acc.add(frame, selection_image(frame, channel))
-                step += 1
-                yield Progress(step, total, "fuse", f"fusing ({meth.name})")
-            out, dep = acc.finish()
-            y0, y1, x0, x1 = block.core
-            if weight is None:
-                sy, sx = slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0)
-                image[y0:y1, x0:x1] = out[sy, sx]
-                depth[y0:y1, x0:x1] = dep[sy, sx]
-            else:
-                wy = _ramp(h, y0, y1, ry0, ry1, ramp)
-                wx = _ramp(w, x0, x1, rx0, rx1, ramp)
-                wgt = wy[:, None] * wx[None, :]
-                image[ry0:ry1, rx0:rx1] += out * wgt[..., None]
-                depth[ry0:ry1, rx0:rx1] += dep * wgt
-                weight[ry0:ry1, rx0:rx1] += wgt
-        if weight is not None:
-            image /= np.maximum(weight, 1e-12)[..., None]
-            depth /= np.maximum(weight, 1e-12)
-        return image, depth, {"blocks": len(blocks), "halo": halo}
+        while True:
+            blocks = block_grid((h, w), block, halo, align, ramp)
+            if len(blocks) > 1 and spill_dir is None:
+                # Reading a block of a lazily decoded (JPEG, compressed TIFF) or warped frame
+                # redoes the whole frame's work for every block; write each frame once to a
+                # memory-mapped file so blocks read only their own pixels.
+                spill_dir = Path(tempfile.mkdtemp(prefix="focusdeep-"))
+                data = yield from _spill(data, spill_dir / "stack.npy")
+            try:
+                image, depth = yield from _fuse_blocks(data, blocks, meth, opts, channel, ramp)
+                return image, depth, {"blocks": len(blocks), "halo": halo, "block_size": block}
+            except TileOutOfMemory as exc:
+                reason = str(exc)
+            # Out of memory on a block (a GPU, usually): free what the method cached and
+            # start this z-stack again with blocks of half the size.
+            if meth.release is not None:
+                meth.release()
+            smaller = max(align, (block // 2 // align) * align)
+            if smaller >= block or smaller < _MIN_BLOCK:
+                raise TileOutOfMemory(f"{reason}, even with {block}-pixel blocks; use a smaller device load or the CPU")
+            yield Progress(0, n * len(block_grid((h, w), smaller, halo, align, ramp)), "fuse",
+                           f"out of memory with {block}-pixel tiles; retrying with {smaller}-pixel tiles")
+            block = smaller
     finally:
+        if meth.release is not None:
+            meth.release()
         if spill_dir is not None:
             shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _fuse_blocks(
+    data: Any,
+    blocks: list[Block],
+    meth: Method,
+    opts: dict[str, Any],
+    channel: int | str | None,
+    ramp: int,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    n, h, w, c = (int(s) for s in data.shape)
+    total = n * len(blocks)
+    image = np.zeros((h, w, c), np.float32)
+    depth = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32) if ramp else None
+    step = 0
+    for block in blocks:
+        ry0, ry1, rx0, rx1 = block.read
+        acc = meth.make(n, (ry1 - ry0, rx1 - rx0, c), **opts)
+        for z in range(n):
+            frame = to_float(np.asarray(data[z, ry0:ry1, rx0:rx1]))
+            acc.add(frame, selection_image(frame, channel))
+            step += 1
+            yield Progress(step, total, "fuse", f"fusing ({meth.name})")
+        out, dep = acc.finish()
+        del acc
+        y0, y1, x0, x1 = block.core
+        if weight is None:
+            sy, sx = slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0)
+            image[y0:y1, x0:x1] = out[sy, sx]
+            depth[y0:y1, x0:x1] = dep[sy, sx]
+        else:
+            wy = _ramp(h, y0, y1, ry0, ry1, ramp)
+            wx = _ramp(w, x0, x1, rx0, rx1, ramp)
+            wgt = wy[:, None] * wx[None, :]
+            image[ry0:ry1, rx0:rx1] += out * wgt[..., None]
+            depth[ry0:ry1, rx0:rx1] += dep * wgt
+            weight[ry0:ry1, rx0:rx1] += wgt
+    if weight is not None:
+        image /= np.maximum(weight, 1e-12)[..., None]
+        depth /= np.maximum(weight, 1e-12)
+    return image, depth
 
 
 def _spill(data: da.Array, path: Path) -> Generator[Progress, None, np.ndarray]:

@@ -12,7 +12,19 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-__all__ = ["FrameAccumulator", "Method", "register_method", "get_method", "list_methods"]
+__all__ = [
+    "FrameAccumulator",
+    "Method",
+    "TileOutOfMemory",
+    "register_method",
+    "get_method",
+    "list_methods",
+]
+
+
+class TileOutOfMemory(MemoryError):
+    """Raised by an accumulator (``make``, ``add`` or ``finish``) that ran out of
+    memory on its block; the driver retries the z-stack with half the block size."""
 
 
 class FrameAccumulator(Protocol):
@@ -51,6 +63,12 @@ class Method:
     blend : bool
         Blend overlapping tiles with a smooth window instead of cropping the halo
         (deep models, whose outputs differ slightly at tile borders).
+    default_block : int
+        Block size when neither ``block_size`` nor a ``block_size``/``tile``
+        option is given.
+    release : callable, optional
+        ``release()`` is called after every z-stack (and before an out-of-memory
+        retry) to free cached device memory.
     """
 
     name: str
@@ -62,6 +80,7 @@ class Method:
     options: dict[str, Any] = field(default_factory=dict)
     blend: bool = False
     default_block: int = 4096
+    release: Callable[[], None] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}
