@@ -315,7 +315,7 @@ def _fuse_zstack(
                 meth.release()
             smaller = max(align, (block // 2 // align) * align)
             if smaller >= block or smaller < _MIN_BLOCK:
-                raise TileOutOfMemory(f"{reason}, even with {block}-pixel blocks; use a smaller device load or the CPU")
+                raise TileOutOfMemory(f"{reason}, even with {block}-pixel blocks; free GPU memory or use device='cpu'")
             yield Progress(0, n * len(block_grid((h, w), smaller, halo, align, ramp)), "fuse",
                            f"out of memory with {block}-pixel tiles; retrying with {smaller}-pixel tiles")
             block = smaller

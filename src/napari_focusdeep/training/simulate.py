@@ -309,10 +309,11 @@ def add_noise(
     image: np.ndarray, level: NoiseLevel, rng: np.random.Generator, *, gamma: float = 2.2
 ) -> np.ndarray:
     """Add shot/read noise in linear light to a gamma-encoded image in [0, 1]."""
-    lin = np.clip(image, 0, 1) ** gamma
+    # cv2.pow is several times faster than numpy's ** on float32
+    lin = cv2.pow(np.clip(image, 0, 1).astype(np.float32), gamma)
     std = np.sqrt(level.shot * lin + level.read)
-    lin = lin + rng.standard_normal(lin.shape, dtype=np.float32) * std
-    return (np.clip(lin, 0, 1) ** (1 / gamma)).astype(np.float32)
+    lin += rng.standard_normal(lin.shape, dtype=np.float32) * std
+    return cv2.pow(np.clip(lin, 0, 1), 1 / gamma).reshape(image.shape)
 
 
 # -- rendering -------------------------------------------------------------------------
@@ -447,8 +448,12 @@ def simulate_stack(
             y0, y1, x0, x1 = max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m)
             b = _blur_channels(premult[k][y0:y1, x0:x1], radius, psf)
             a = b[..., -1:]
-            colour[y0:y1, x0:x1] = colour[y0:y1, x0:x1] * (1 - a) + b[..., :-1]
-            alpha[y0:y1, x0:x1] = alpha[y0:y1, x0:x1] * (1 - a) + a
+            keep = 1 - a
+            col, alp = colour[y0:y1, x0:x1], alpha[y0:y1, x0:x1]  # views: update in place
+            col *= keep
+            col += b[..., :-1]
+            alp *= keep
+            alp += a
         frame = colour / np.maximum(alpha, 1e-6)
         if i != ref:
             flags = cv2.INTER_LINEAR

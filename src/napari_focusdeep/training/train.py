@@ -241,6 +241,10 @@ def train(
     sim = SimConfig(crop=cfg.crop, frames=tuple(cfg.frames), noise=cfg.noise)
     if val is None:
         val = validation_set(cfg.val_count, sim, fixed_frames=cfg.fixed_frames)
+    if not history:
+        base = classical_baseline(val, border=cfg.border)
+        history.append({"step": 0, "pyramid_val_psnr": base})
+        say(f"validation: {len(val)} held-out bursts; the pyramid method scores {base:.2f} dB on them")
     if batches is None:
         loader = torch.utils.data.DataLoader(
             _SimBatches(cfg, sim, cfg.steps),
@@ -320,7 +324,7 @@ def train(
             if progress is not None:
                 progress(TrainProgress(step, cfg.steps, loss_ema, vp))
     # final validation + checkpoint so a stop or time-out never loses work
-    if not history or history[-1]["step"] != step:
+    if history[-1]["step"] != step:
         vp = _validate(model, val, device, amp, cfg.border) if step else None
         if vp is not None:
             history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "elapsed": round(elapsed_before + time.monotonic() - start, 1)})

@@ -1,0 +1,270 @@
+"""Building blocks shared by the FocusDeep networks (after EBSR, Luo et al. 2021).
+
+* :class:`WARB`: wide-activation residual block (WDSR): weight-normalised 1x1
+  expansion x6, ReLU, 1x1 reduction to 0.8x, 3x3 convolution, residual.
+* :class:`LRCN`: long-range concatenation network: groups of WARB bodies whose
+  outputs are concatenated (not added) onto everything before them, each group
+  and the whole trunk squeezed back to ``nf`` channels by 1x1 convolutions.
+* :class:`FeaturePyramid`: the input stem, front WARBs and a 3-level
+  feature-enhanced pyramid (FPN top-down path), all levels ``nf`` channels.
+* :class:`PCDAlign`: pyramid, cascading and deformable alignment (EDVR) with
+  modulated deformable convolutions in ``offset_groups`` groups, aligning a
+  frame's features to a reference frame's features (FocusDeep uses the previous
+  frame as the reference, not the first).
+* :class:`OutputHead`: final convolutions plus a convolutional skip path from an
+  input image; the ``"raw"`` stem (packed RGGB at half resolution) ends in a
+  pixel shuffle to full-resolution RGB.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from .deform import DeformConvPack
+
+__all__ = [
+    "wn_conv",
+    "WARB",
+    "LRCN",
+    "FeaturePyramid",
+    "PCDAlign",
+    "OutputHead",
+    "STEMS",
+    "stem_scale",
+    "pad_to_multiple",
+    "pcd_offset_reach",
+]
+
+STEMS = ("rgb", "raw")
+
+
+def stem_scale(stem: str) -> int:
+    """Output pixels per input pixel along each axis: 1 for RGB, 2 for packed RGGB."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
+    return 2 if stem == "raw" else 1
+
+
+def wn_conv(cin: int, cout: int, k: int, stride: int = 1, bias: bool = True) -> nn.Module:
+    """A weight-normalised ``k x k`` convolution with 'same' padding."""
+    return weight_norm(nn.Conv2d(cin, cout, k, stride, k // 2, bias=bias))
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Replicate-pad the last two axes at the bottom/right up to a multiple.
+
+    Padding at the far edges keeps the pixel grid of the top-left corner, so a
+    tile whose origin is a multiple of ``multiple`` sees the same strided grid as
+    the whole image. Returns the padded tensor and the original ``(H, W)``.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        shape = x.shape
+        flat = x.reshape(-1, *shape[-3:]) if x.dim() > 4 else x
+        flat = F.pad(flat, (0, pw, 0, ph), mode="replicate")
+        x = flat.reshape(*shape[:-2], h + ph, w + pw)
+    return x, (h, w)
+
+
+def _warb_body(nf: int, expand: int = 6, linear: float = 0.8) -> nn.Sequential:
+    mid = max(1, int(nf * linear))
+    return nn.Sequential(
+        wn_conv(nf, nf * expand, 1),
+        nn.ReLU(inplace=True),
+        wn_conv(nf * expand, mid, 1),
+        wn_conv(mid, nf, 3),
+    )
+
+
+class WARB(nn.Module):
+    """Wide-activation residual block: ``x + conv3(reduce(relu(expand(x))))``."""
+
+    def __init__(self, nf: int, expand: int = 6, linear: float = 0.8) -> None:
+        super().__init__()
+        self.body = _warb_body(nf, expand, linear)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class _LRCBlock(nn.Module):
+    """WARB body on a 1x1 squeeze of everything so far; output concatenated on."""
+
+    def __init__(self, nf: int, idx: int) -> None:
+        super().__init__()
+        self.head = wn_conv(nf * (idx + 1), nf, 1) if idx > 0 else nn.Identity()
+        self.body = _warb_body(nf)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.body(self.head(x)), x], dim=1)
+
+
+class _LRCGroup(nn.Module):
+    def __init__(self, nf: int, n_blocks: int, idx: int) -> None:
+        super().__init__()
+        self.head = wn_conv(nf * (idx + 1), nf, 1) if idx > 0 else nn.Identity()
+        self.body = nn.Sequential(*[_LRCBlock(nf, i) for i in range(n_blocks)])
+        self.tail = wn_conv(nf * (n_blocks + 1), nf, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.tail(self.body(self.head(x))), x], dim=1)
+
+
+class LRCN(nn.Module):
+    """Long-range concatenation network: ``groups`` groups of ``blocks`` WARB bodies."""
+
+    def __init__(self, nf: int, groups: int = 5, blocks: int = 4) -> None:
+        super().__init__()
+        self.groups = nn.Sequential(*[_LRCGroup(nf, blocks, g) for g in range(groups)])
+        self.tail = wn_conv(nf * (groups + 1), nf, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tail(self.groups(x))
+
+
+def _up2(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class FeaturePyramid(nn.Module):
+    """Per-frame features at three scales (1, 1/2, 1/4), each ``nf`` channels.
+
+    Input height and width must be multiples of 4 (the models pad).
+    """
+
+    levels = 3
+
+    def __init__(self, in_channels: int, nf: int, front_blocks: int = 5) -> None:
+        super().__init__()
+        self.conv_first = wn_conv(in_channels, nf, 3)
+        self.front = nn.Sequential(*[WARB(nf) for _ in range(front_blocks)])
+        self.down2 = wn_conv(nf, nf * 2, 3, stride=2)
+        self.down3 = wn_conv(nf * 2, nf * 4, 3, stride=2)
+        self.top = wn_conv(nf * 4, nf, 1)
+        self.lat2 = wn_conv(nf * 2, nf, 1)
+        self.lat1 = wn_conv(nf, nf, 1)
+        self.smooth2 = wn_conv(nf, nf, 3)
+        self.smooth1 = wn_conv(nf, nf, 3)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        l1 = self.front(F.relu(self.conv_first(x)))
+        l2 = F.relu(self.down2(l1))
+        l3 = F.relu(self.down3(l2))
+        l3 = F.relu(self.top(l3))
+        l2 = self.smooth2(_up2(l3) + self.lat2(l2))
+        l1 = self.smooth1(_up2(l2) + self.lat1(l1))
+        return [l1, l2, l3]
+
+
+def pcd_offset_reach(max_offset: float | None) -> float:
+    """Largest extra reach (level-1 pixels) that deformations bounded by ``max_offset``
+    (in each level's own pixels) add to :class:`PCDAlign`'s receptive field.
+
+    Every path through the module crosses at most two deformations in sequence:
+    level 3's (``4 * max_offset``), carried up through levels 2 and 1, then the
+    cascade's (``max_offset``); the others are shorter.
+    """
+    if max_offset is None or max_offset <= 0:
+        return float("inf")
+    return float(max_offset) * (4 + 1)
+
+
+class PCDAlign(nn.Module):
+    """Pyramid, cascading and deformable alignment of ``cur`` onto ``ref`` features.
+
+    At each level, from coarse to fine, offset features are predicted from the
+    concatenated (current, reference) features plus the coarser level's offset
+    features (upsampled and doubled, since displacements double with resolution);
+    a modulated deformable convolution (``offset_groups`` groups) samples the
+    current frame's features. A final cascade stage refines the full-resolution
+    result against the reference.
+    """
+
+    def __init__(self, nf: int, offset_groups: int = 8, max_offset: float | None = 4.0) -> None:
+        super().__init__()
+        self.max_offset = max_offset
+
+        def dcn() -> DeformConvPack:
+            return DeformConvPack(nf, nf, nf, 3, offset_groups, max_offset)
+
+        # level 3 (1/4)
+        self.l3_off1 = wn_conv(nf * 2, nf, 3)
+        self.l3_off2 = wn_conv(nf, nf, 3)
+        self.l3_dcn = dcn()
+        # level 2 (1/2)
+        self.l2_off1 = wn_conv(nf * 2, nf, 3)
+        self.l2_off2 = wn_conv(nf * 2, nf, 3)
+        self.l2_off3 = wn_conv(nf, nf, 3)
+        self.l2_dcn = dcn()
+        self.l2_fea = wn_conv(nf * 2, nf, 3)
+        # level 1 (full)
+        self.l1_off1 = wn_conv(nf * 2, nf, 3)
+        self.l1_off2 = wn_conv(nf * 2, nf, 3)
+        self.l1_off3 = wn_conv(nf, nf, 3)
+        self.l1_dcn = dcn()
+        self.l1_fea = wn_conv(nf * 2, nf, 3)
+        # cascade
+        self.cas_off1 = wn_conv(nf * 2, nf, 3)
+        self.cas_off2 = wn_conv(nf, nf, 3)
+        self.cas_dcn = dcn()
+
+    def offset_reach(self) -> float:
+        """Extra receptive-field reach (full-resolution pixels) of the deformations."""
+        return pcd_offset_reach(self.max_offset)
+
+    def forward(self, cur: list[Tensor], ref: list[Tensor]) -> Tensor:
+        act = lambda t: F.leaky_relu(t, 0.1)  # noqa: E731
+        off3 = act(self.l3_off1(torch.cat([cur[2], ref[2]], 1)))
+        off3 = act(self.l3_off2(off3))
+        fea3 = act(self.l3_dcn(cur[2], off3))
+
+        off2 = act(self.l2_off1(torch.cat([cur[1], ref[1]], 1)))
+        off2 = act(self.l2_off2(torch.cat([off2, _up2(off3) * 2], 1)))
+        off2 = act(self.l2_off3(off2))
+        fea2 = self.l2_dcn(cur[1], off2)
+        fea2 = act(self.l2_fea(torch.cat([fea2, _up2(fea3)], 1)))
+
+        off1 = act(self.l1_off1(torch.cat([cur[0], ref[0]], 1)))
+        off1 = act(self.l1_off2(torch.cat([off1, _up2(off2) * 2], 1)))
+        off1 = act(self.l1_off3(off1))
+        fea1 = self.l1_dcn(cur[0], off1)
+        fea1 = self.l1_fea(torch.cat([fea1, _up2(fea2)], 1))
+
+        off = act(self.cas_off1(torch.cat([fea1, ref[0]], 1)))
+        off = act(self.cas_off2(off))
+        return act(self.cas_dcn(fea1, off))
+
+
+class OutputHead(nn.Module):
+    """Reconstructed features + skip image -> output image (EBSR's tail).
+
+    ``skip1 = relu(shuffle(conv(src)))`` lifts the skip image to features at the
+    output resolution; ``out = conv_last(relu(hr(relu(conv(up + skip1))))) +
+    conv(skip1)``. ``residual=True`` also adds ``src`` itself (RGB stem with as
+    many input as output channels only), so the network predicts a correction.
+    """
+
+    def __init__(self, nf: int, in_channels: int, out_channels: int, stem: str = "rgb", residual: bool = False) -> None:
+        super().__init__()
+        s = stem_scale(stem)
+        self.residual = bool(residual and s == 1 and in_channels == out_channels)
+        self.up = wn_conv(nf, nf * s * s, 3)
+        self.skip_up = wn_conv(in_channels, nf * s * s, 3)
+        self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
+        self.conv = wn_conv(nf, nf, 3)
+        self.hr = wn_conv(nf, nf, 3)
+        self.last = wn_conv(nf, out_channels, 3)
+        self.skip_last = wn_conv(nf, out_channels, 3)
+
+    def forward(self, fea: Tensor, src: Tensor) -> Tensor:
+        skip1 = F.relu(self.shuffle(self.skip_up(src)))
+        x = F.relu(self.shuffle(self.up(fea))) + skip1
+        x = F.relu(self.conv(x))
+        x = F.relu(self.hr(x))
+        out = self.last(x) + self.skip_last(skip1)
+        if self.residual:
+            out = out + src
+        return out
