@@ -57,9 +57,10 @@ def throughput(device: torch.device, weights_dir: Path | None) -> None:
             cfg = weights_dir / sub / f"{arch}.json"
             if cfg.exists():
                 configs[arch] = json.loads(cfg.read_text())["kwargs"]
-    size, n = 512, 16
+    size = 512
     for arch, kw in configs.items():
         model = build_model(arch, **kw).to(device).eval()
+        n = model.n_frames or 16
         x = torch.rand(1, n, 3, size, size, device=device)
         for dtype in (torch.float16, torch.bfloat16):
             with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
