@@ -1,0 +1,155 @@
+"""The ``focusdeep`` command line: its flags, outputs and exit codes are a contract."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_focusdeep.cli import main
+from napari_focusdeep.training.simulate import simulate_stack, synthetic_scene
+
+
+@pytest.fixture(scope="module")
+def sim():
+    sharp, depth = synthetic_scene((96, 128), channels=3, seed=4)
+    return simulate_stack(sharp, depth, 6, breathing=0.01, dtype=np.uint8, seed=4, layers=6)
+
+
+@pytest.fixture()
+def frames_dir(tmp_path, sim):
+    import cv2
+
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, f in enumerate(sim.frames):
+        cv2.imwrite(str(d / f"frame_{i}.png"), f[..., ::-1])
+    return d
+
+
+def test_fuse_folder_writes_same_size_and_dtype(frames_dir, tmp_path, capsys):
+    out = tmp_path / "fused.tif"
+    depth = tmp_path / "depth.tif"
+    assert main(["fuse", str(frames_dir), "-o", str(out), "--depth-map", str(depth)]) == 0
+    img = tifffile.imread(out)
+    assert img.shape == (96, 128, 3) and img.dtype == np.uint8
+    d = tifffile.imread(depth)
+    assert d.shape == (96, 128) and 0 <= d.min() and d.max() <= 5
+
+
+def test_fuse_frame_files_and_png_output(frames_dir, tmp_path):
+    files = sorted(str(p) for p in frames_dir.iterdir())
+    out = tmp_path / "fused.png"
+    assert main(["fuse", *files, "-o", str(out), "--method", "laplacian", "--no-register"]) == 0
+    assert out.exists()
+
+
+def test_existing_output_is_not_overwritten(frames_dir, tmp_path, capsys):
+    out = tmp_path / "fused.tif"
+    out.write_bytes(b"precious")
+    assert main(["fuse", str(frames_dir), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert out.read_bytes() == b"precious"
+    assert main(["fuse", str(frames_dir), "-o", str(out), "--overwrite"]) == 0
+    assert tifffile.imread(out).shape == (96, 128, 3)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fuse", "in", "-o", "x.tif", "--reference", "sideways"],
+        ["fuse", "in"],  # no -o
+        ["fuse", "in", "-o", "x.tif", "--device", "tpu"],
+        ["explode"],
+    ],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+
+
+def test_unknown_method_is_a_one_line_error(frames_dir, tmp_path, capsys):
+    assert main(["fuse", str(frames_dir), "-o", str(tmp_path / "x.tif"), "--method", "nonsense"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method" in err[0]
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_missing_input_and_empty_folder_exit_2(tmp_path, capsys):
+    assert main(["fuse", str(tmp_path / "nope"), "-o", str(tmp_path / "x.tif")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["fuse", str(empty), "-o", str(tmp_path / "x.tif")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_pickled_weights_are_refused(frames_dir, tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x80\x04not really a pickle")
+    code = main(["fuse", str(frames_dir), "-o", str(tmp_path / "x.tif"), "--method", "focusdeep-any", "--weights", str(bad)])
+    assert code == 2
+    assert "safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_transforms_round_trip_through_cli(frames_dir, tmp_path):
+    tf = tmp_path / "tf.json"
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    assert main(["fuse", str(frames_dir), "-o", str(a), "--save-transforms", str(tf)]) == 0
+    data = json.loads(tf.read_text())
+    assert len(data["matrices"]) == 6
+    assert main(["fuse", str(frames_dir), "-o", str(b), "--transforms", str(tf)]) == 0
+    np.testing.assert_array_equal(tifffile.imread(a), tifffile.imread(b))
+
+
+def test_info_and_methods(frames_dir, capsys):
+    assert main(["info", str(frames_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "frames" in out and "6" in out and "128x96" in out
+    assert main(["methods"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert {"pyramid", "laplacian", "wavelet", "focusdeep", "focusdeep-any", "unet"} <= set(names)
+
+
+def test_models_lists_shipped_weights(capsys):
+    assert main(["models"]) == 0
+    assert "focusdeep-any" in capsys.readouterr().out
+
+
+def test_demo_scores_above_single_frames(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    score = float(text.split("PSNR against ground truth: ")[1].split(" dB")[0])
+    best = float(text.split("best single frame: ")[1].split(" dB")[0])
+    assert score > best + 3
+    assert (out / "fused.png").exists() and (out / "depth.tif").exists()
+    # a second run refuses to replace the first one's files
+    assert main(["demo", "-o", str(out)]) == 2
+
+
+def test_simulate_writes_frames_and_truth(tmp_path):
+    out = tmp_path / "sim"
+    assert main(["simulate", "-o", str(out), "--frames", "4", "--size", "48", "64", "--noise", "low"]) == 0
+    assert len(list(out.glob("frame_*.png"))) == 4
+    from napari_focusdeep.io import read_stack
+
+    truth = read_stack(out / "ground_truth.tif")
+    assert truth.frame_shape == (48, 64) and truth.n_channels == 3
+
+
+def test_console_script_exit_code_without_traceback(tmp_path):
+    """The installed entry point behaves like main(): exit 2, one line, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_focusdeep.cli", "fuse", str(tmp_path / "missing"), "-o", str(tmp_path / "o.tif")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
