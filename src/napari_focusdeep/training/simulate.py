@@ -29,6 +29,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..registration import resolve_reference
+
 __all__ = [
     "SimulatedStack",
     "NoiseLevel",
@@ -334,19 +336,6 @@ def _matrices(
     return mats
 
 
-def _reference_index(reference: str | int, n: int) -> int:
-    if reference == "first":
-        return 0
-    if reference == "middle":
-        return (n - 1) // 2
-    if reference == "last":
-        return n - 1
-    idx = int(reference)
-    if not -n <= idx < n:
-        raise ValueError(f"reference {idx} is outside the {n} frames")
-    return idx % n
-
-
 def _to_dtype(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
@@ -417,7 +406,7 @@ def simulate_stack(
     depth = np.clip(np.asarray(depth, np.float32), 0, 1)
     if depth.shape != (h, w):
         raise ValueError(f"depth map {depth.shape} does not match the image {(h, w)}")
-    ref = _reference_index(reference, n)
+    ref = resolve_reference(reference, n)
     mats = _matrices(n, ref, (h, w), breathing, shake, rotation, rng)
     level = _noise_level(noise, rng)
 
