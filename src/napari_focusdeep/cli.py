@@ -68,14 +68,18 @@ def _channel(value: str) -> str | int:
         raise argparse.ArgumentTypeError("channel must be luminance, max or a channel index") from None
 
 
-def _read(inputs: Sequence[str]) -> Any:
+def _read(inputs: Sequence[str], axes: str | None = None) -> Any:
     from .io import read_stack
 
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.exists():
             raise UsageError(f"{p} does not exist")
-    return read_stack(paths[0] if len(paths) == 1 else paths)
+    try:
+        return read_stack(paths[0] if len(paths) == 1 else paths, axes=axes)
+    except ValueError as exc:
+        # read_stack speaks Python ("pass axes="); on the command line that is --axes
+        raise UsageError(str(exc).replace("pass axes=", "pass --axes").replace("axes=", "--axes ")) from None
 
 
 def _psnr(a: Any, b: Any) -> float:
@@ -96,7 +100,11 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         _check_output(Path(args.depth_map), args.overwrite)
     if args.save_transforms:
         _check_output(Path(args.save_transforms), args.overwrite)
-    stack = _read(args.inputs)
+    if args.raw or _is_raw_input(args.inputs):
+        return _fuse_raw(args, out)
+    if args.linear_output:
+        raise UsageError("--linear-output applies to camera raw input only")
+    stack = _read(args.inputs, args.axes)
     options: dict[str, Any] = {}
     for name in ("device", "weights", "tile"):
         value = getattr(args, name)
@@ -136,6 +144,72 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_raw_input(inputs: Sequence[str]) -> bool:
+    """Camera raw files, or one folder holding some (decided by extension)."""
+    from .io.raw import is_raw, list_raw
+
+    paths = [Path(p) for p in inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        return bool(list_raw(paths[0]))
+    return bool(paths) and all(is_raw(p) for p in paths)
+
+
+def _fuse_raw(args: argparse.Namespace, out: Path) -> int:
+    """``fuse`` for camera raw bursts: 16-bit sRGB out, optionally linear too."""
+    from .fusion.registry import get_method
+    from .raw_fusion import fuse_raw, write_raw_result
+
+    paths = [Path(p) for p in args.inputs]
+    for p in paths:
+        if not p.exists():
+            raise UsageError(f"{p} does not exist")
+    if not _is_raw_input(args.inputs):
+        raise UsageError("--raw: the input is not camera raw files (DNG, RW2, CR2, CR3, NEF, ARW, ORF, RAF, PEF, ...) or a folder of them")
+    if getattr(args, "axes", None):
+        raise UsageError("--axes does not apply to camera raw files")
+    if args.linear_output:
+        _check_output(Path(args.linear_output), args.overwrite)
+    options = {k: getattr(args, k) for k in ("device", "weights", "tile") if getattr(args, k) is not None}
+    transforms = None
+    if args.transforms:
+        from .registration import Transforms
+
+        transforms = Transforms.load(args.transforms)
+    deep = get_method(args.method).kind == "deep"
+    update, close = _progress_bar("fusing")
+    try:
+        result = fuse_raw(
+            paths[0] if len(paths) == 1 else paths,
+            method=args.method,
+            path="bayer" if args.raw and deep else "auto",
+            register=not args.no_register,
+            reference=args.reference,
+            motion=args.motion,
+            transforms=transforms,
+            channel=args.channel,
+            block_size=args.block_size,
+            progress=update,
+            **options,
+        )
+    finally:
+        close()
+    write_raw_result(result, out, linear_path=args.linear_output, crop_valid=args.crop_valid, overwrite=args.overwrite)
+    if args.depth_map:
+        depth = result.depth
+        if args.crop_valid and result.valid_region is not None:
+            y0, y1, x0, x1 = result.valid_region
+            depth = depth[y0:y1, x0:x1]
+        from .io import write_image
+
+        write_image(Path(args.depth_map), depth, overwrite=args.overwrite)
+    if args.save_transforms and result.transforms is not None:
+        result.transforms.save(args.save_transforms)
+    how = "packed Bayer network" if result.path == "bayer" else "demosaiced sRGB"
+    n = len(result.metadata.get("focus_distance_m") or [])
+    print(f"wrote {out} ({result.method}, {n} raw frames, {how})", file=sys.stderr)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .fusion import list_methods
 
@@ -145,7 +219,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = _read(args.inputs).describe()
+    info = _read(args.inputs, args.axes).describe()
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}}  {value}")
@@ -248,6 +322,92 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .batch import (
+        BatchUsageError,
+        FuseSettings,
+        batch_client,
+        clean_stale_files,
+        default_workers,
+        discover_stacks,
+        format_summary,
+        normalise_format,
+        plan_batch,
+        run_batch,
+        split_done,
+    )
+    from .fusion.registry import get_method
+
+    def note(message: str) -> None:
+        print(f"focusdeep: {message}", file=sys.stderr)
+
+    outdir = Path(args.output)
+    options: dict[str, Any] = {name: getattr(args, name) for name in ("device", "weights", "tile") if getattr(args, name) is not None}
+    settings = FuseSettings(
+        method=args.method,
+        register=not args.no_register,
+        reference=args.reference,
+        motion=args.motion,
+        channel=args.channel,
+        block_size=args.block_size,
+        options=options,
+        overwrite=args.overwrite,
+    )
+    try:
+        fmt = normalise_format(args.format)
+        if outdir.exists() and not outdir.is_dir():
+            raise UsageError(f"{outdir} is a file; -o takes a folder")
+        if args.workers is not None and args.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        meth = get_method(args.method)
+        meth.halo(**{**meth.options, **options})  # missing weights fail here, not on every worker
+        sources = discover_stacks(args.inputs, exclude=[outdir], note=note)
+        tasks, failed = plan_batch(sources, outdir, fmt=fmt)
+    except BatchUsageError as exc:
+        raise UsageError(str(exc)) from None
+    outdir.mkdir(parents=True, exist_ok=True)
+    removed = clean_stale_files(outdir, tasks)
+    if removed:
+        note(f"removed {removed} unfinished file(s) an interrupted run left in {outdir}")
+    todo, skipped = split_done(tasks, args.overwrite)
+    note(f"{len(tasks) + len(failed)} stack(s): {len(todo)} to fuse, {len(skipped)} already done"
+         + (f", {len(failed)} unreadable" if failed else ""))
+    results = {r.name: r for r in skipped + failed}
+    if todo:
+        workers = None if args.scheduler else (args.workers or min(default_workers(settings), len(todo)))
+        try:
+            with batch_client(args.scheduler, workers) as client:
+                threads = client.nthreads()
+                where = args.scheduler or "a local cluster"
+                note(f"dask: {where}, {len(threads)} worker(s), {sum(threads.values())} thread(s)"
+                     + ("; tasks wait until workers join" if not threads else ""))
+                bar = tqdm(total=len(todo), desc="stacks", unit="stack", file=sys.stderr, disable=None)
+
+                def finished(res: Any) -> None:
+                    results[res.name] = res
+                    if res.status == "failed":
+                        bar.write(f"focusdeep: {res.name} failed: {res.message}", file=sys.stderr)
+                    bar.set_postfix_str(f"{res.name} {res.status}", refresh=False)
+                    bar.update(1)
+
+                step, close_step = _progress_bar("fusing") if args.distribute_blocks else (None, lambda: None)
+                try:
+                    run_batch(todo, settings, client, distribute_blocks=args.distribute_blocks,
+                              progress=finished, step_progress=step)
+                finally:
+                    close_step()
+                    bar.close()
+        except KeyboardInterrupt:
+            print(format_summary([r for t in tasks if (r := results.get(t.name))] + failed))
+            note("interrupted; finished outputs are kept: run the same command again to fuse the rest")
+            return 130
+    ordered = [results[t.name] for t in tasks if t.name in results] + failed
+    print(format_summary(ordered))
+    return 1 if any(r.status == "failed" for r in ordered) else 0
+
+
 # -- parser ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focusdeep", description="Focus stacking: fuse a z-stack or focus bracket into one all-in-focus image.")
@@ -256,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fuse", help="fuse a stack into one image")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a folder of frames, frame files, or one multi-frame file")
+    p.add_argument("--axes", default=None, metavar="LETTERS", help="for stack files that do not say which axis is Z: one letter (T, Z, C, Y, X) per axis longer than 1, e.g. TZCYX")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output image; its extension picks the format")
     p.add_argument("--method", default="pyramid", help="fusion method (see `focusdeep methods`; default pyramid)")
     p.add_argument("--no-register", action="store_true", help="skip frame registration")
@@ -270,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="deep models: where to run")
     p.add_argument("--tile", type=int, default=None, metavar="PIXELS", help="deep models: tile size")
     p.add_argument("--weights", default=None, metavar="PATH", help="deep models: a .safetensors weights file")
+    p.add_argument("--raw", action="store_true",
+                   help="camera raw input (also found by extension): refuse anything else; with a deep method, "
+                   "fuse the packed Bayer planes (needs weights trained with stem='raw')")
+    p.add_argument("--linear-output", metavar="PATH", help="camera raw: also write the result in linear sRGB (16-bit TIFF)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_fuse)
 
@@ -281,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a stack: frames, size, dtype, scale")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--axes", default=None, metavar="LETTERS", help="for stack files that do not say which axis is Z: one letter (T, Z, C, Y, X) per axis longer than 1, e.g. TZCYX")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="fuse the built-in synthetic sample and score it against its ground truth")
@@ -309,24 +475,106 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    from .batch import parse_device
+
+    def _device(value: str) -> str:
+        try:
+            return parse_device(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    p = sub.add_parser(
+        "batch",
+        help="fuse many stacks (or time points, or plate positions) in parallel on dask.distributed",
+        description="Fuse every stack under INPUTs into OUTDIR, one task per stack (per time point of a file "
+        "with a T axis). A file is one stack; a folder of images is one stack; any other folder is searched "
+        "for stack files and folders of images (a plate). Outputs are named after the inputs; existing outputs "
+        "are skipped, so rerunning an interrupted batch resumes it. Exit 0 when all fused, 1 when some failed.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="stack files, folders of frames, or folders of those")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="use a running dask scheduler (tcp://host:8786)")
+    where.add_argument("--workers", type=int, metavar="N", help="local cluster size (default: one per core, one per GPU for deep methods)")
+    p.add_argument("--method", default="pyramid", help="fusion method (see `focusdeep methods`; default pyramid)")
+    p.add_argument("--format", default=".tif", metavar="EXT", help="output format by extension: .tif (default), .ome.tif, .png, .jpg")
+    p.add_argument("--no-register", action="store_true", help="skip frame registration")
+    p.add_argument("--reference", type=_reference, default="middle", help="first, middle (default), last or a frame index")
+    p.add_argument("--motion", default="affine", choices=["translation", "euclidean", "affine", "homography"])
+    p.add_argument("--channel", type=_channel, default=None, help="measure focus on: luminance (default), max or a channel index")
+    p.add_argument("--block-size", type=int, default=None, metavar="PIXELS", help="fuse in blocks to bound memory")
+    p.add_argument("--distribute-blocks", action="store_true",
+                   help="for a few huge images: fuse one stack at a time with its blocks spread over the cluster")
+    p.add_argument("--device", type=_device, default=None, metavar="DEVICE",
+                   help="deep models: auto, cpu, cuda, cuda:N or mps (a local cluster spreads workers over the GPUs)")
+    p.add_argument("--tile", type=int, default=None, metavar="PIXELS", help="deep models: tile size")
+    p.add_argument("--weights", default=None, metavar="PATH", help="deep models: a .safetensors weights file")
+    p.add_argument("--overwrite", action="store_true", help="fuse again stacks whose output exists, replacing it")
+    p.set_defaults(func=cmd_batch)
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM (a scheduler ending the job), raised so that ``finally`` blocks clean up."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    # one plain line per warning, instead of Python's "path:line: Category: ...\n  source"
+    print(f"focusdeep: warning: {_one_line(message) if isinstance(message, BaseException) else ' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``focusdeep``; returns the exit status."""
+    """Entry point of ``focusdeep``; returns the exit status.
+
+    Every failure a user can cause or fix (bad input, damaged files, a missing
+    optional package, not enough memory) is one line on stderr and exit status 2;
+    Ctrl-C is 130 and SIGTERM 143, both after the temporary files are removed.
+    """
+    import os
+    import signal
+    import threading
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # OpenCV reports undecodable frames on stderr from C++; the error below names the file.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def _terminate(signum: int, frame: Any) -> None:
+            raise _Terminated()
+
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # restored by catch_warnings
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("focusdeep: interrupted; no output was written", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        print(f"focusdeep: error: {exc}", file=sys.stderr)
+    except _Terminated:
+        print("focusdeep: terminated; no output was written", file=sys.stderr)
+        return 143
+    except (UsageError, ValueError, OSError) as exc:
+        # OSError: unreadable files, full disks, permissions (FileNotFoundError, ...)
+        print(f"focusdeep: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except OSError as exc:  # unreadable/corrupt files surface as OSError from decoders
-        print(f"focusdeep: error: {exc}", file=sys.stderr)
+    except ImportError as exc:  # an optional package is missing (MissingExtraError names the extra)
+        print(f"focusdeep: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        detail = _one_line(exc) if str(exc) else "out of memory"
+        print(f"focusdeep: error: not enough memory ({detail}); try --block-size 1024 or a smaller stack", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

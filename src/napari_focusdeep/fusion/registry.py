@@ -7,6 +7,7 @@ registration, tiling, progress and cancellation, so a method only does maths.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -85,6 +86,7 @@ class Method:
 
 _REGISTRY: dict[str, Method] = {}
 _LOADED = False
+_LOAD_LOCK = threading.Lock()  # napari workers and batch threads may ask at once
 
 
 def register_method(method: Method) -> Method:
@@ -98,13 +100,18 @@ def _load_builtin() -> None:
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
-    from . import laplacian, pyramid, wavelet  # noqa: F401  (each registers itself)
+    with _LOAD_LOCK:
+        if _LOADED:
+            return
+        from . import laplacian, pyramid, wavelet  # noqa: F401  (each registers itself)
 
-    try:
-        from ..models import methods as _deep  # noqa: F401
-    except ImportError:  # torch missing: classical methods still work
-        pass
+        try:
+            from ..models import methods as _deep  # noqa: F401
+        except ImportError:  # torch missing: classical methods still work
+            pass
+        # set only once everything is registered, so another thread never sees a
+        # half-filled registry
+        _LOADED = True
 
 
 def get_method(name: str) -> Method:

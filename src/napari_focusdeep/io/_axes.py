@@ -67,7 +67,9 @@ def to_stack_axes(
     src = src_axes.upper()
     if len(src) != data.ndim:
         raise ValueError(f"{what}: axes {src_axes!r} do not match shape {data.shape}")
-    if len(set(src)) != len(src):
+    # tifffile names every axis it cannot identify Q, so "QQSYX" is an ordinary
+    # 5-D file without metadata: refused below with a hint, not as malformed.
+    if any(src.count(a) > 1 for a in src if a not in _GENERIC):
         raise ValueError(f"{what} has repeated axis letters {src_axes!r}")
     shape_text = "x".join(str(n) for n in data.shape)
     hint = "; pass axes= to say which axis is which, e.g. axes='ZYX' or 'ZYXC'"

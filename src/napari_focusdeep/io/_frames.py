@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from dask.base import tokenize
 
 from ..stack import Stack
 from ._natural import natural_sorted
-from ._tiff import display_name, stack_name, tiff_scale
+from ._tiff import damage_in, display_name, plain_reason, stack_name, tiff_scale, tifffile_messages
 
 __all__ = [
     "FRAME_EXTENSIONS",
@@ -126,14 +127,16 @@ def read_header(path: Path) -> FrameInfo:
         if head == _PNG_SIGNATURE:
             return _png_header(path)
         return _pil_header(path)
-    except ValueError:
-        raise
+    except ValueError as exc:
+        if display_name(path) in str(exc):  # ours, already naming the file
+            raise
+        raise ValueError(f"cannot read frame '{display_name(path)}': {plain_reason(exc)}") from exc
     except OSError as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise ValueError(f"cannot read frame '{display_name(path)}': {exc}") from exc
+        raise ValueError(f"cannot read frame '{display_name(path)}': {plain_reason(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - any parser error means "not an image we read"
-        raise ValueError(f"cannot read frame '{display_name(path)}': {exc}") from exc
+        raise ValueError(f"cannot read frame '{display_name(path)}': {plain_reason(exc)}") from exc
 
 
 def _png_header(path: Path) -> FrameInfo:
@@ -141,6 +144,9 @@ def _png_header(path: Path) -> FrameInfo:
         data = fh.read(33)
         if len(data) < 33 or data[12:16] != b"IHDR":
             raise ValueError(f"frame '{display_name(path)}' is not a valid PNG file")
+        if zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
+            # a damaged size field would otherwise promise a huge image
+            raise ValueError(f"frame '{display_name(path)}' is damaged (its PNG header fails its checksum)")
         width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
         if colour not in _PNG_CHANNELS:
             raise ValueError(
@@ -208,12 +214,17 @@ def _pil_header(path: Path) -> FrameInfo:
 def _tiff_header(path: Path) -> FrameInfo:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise ValueError(f"frame '{display_name(path)}' holds no image")
-        series = tif.series[0]
-        axes, shape = series.axes, tuple(int(n) for n in series.shape)
-        dtype = np.dtype(series.dtype).name
+    with tifffile_messages() as messages, tifffile.TiffFile(path) as tif:
+        series = tif.series[0] if tif.series else None
+        if series is not None:
+            axes, shape = series.axes, tuple(int(n) for n in series.shape)
+            dtype = np.dtype(series.dtype).name
+    # tifffile logs a broken page chain and carries on with what it reached
+    damage = damage_in(messages)
+    if damage is not None:
+        raise ValueError(f"frame '{display_name(path)}' is truncated or damaged ({damage})")
+    if series is None:
+        raise ValueError(f"frame '{display_name(path)}' holds no image")
     if axes == "YX":
         return FrameInfo(path, "tiff", shape[0], shape[1], 1, dtype)
     if axes == "YXS":
@@ -240,9 +251,7 @@ def decode_frame(info: FrameInfo) -> np.ndarray:
     """
     path = info.path
     if info.kind == "tiff":
-        import tifffile
-
-        arr = tifffile.imread(path, series=0, level=0)
+        arr = _decode_tiff(path)
         if info.planar:
             arr = np.moveaxis(arr, 0, -1)
     else:
@@ -252,9 +261,18 @@ def decode_frame(info: FrameInfo) -> np.ndarray:
         # non-ASCII paths on Windows. IMREAD_UNCHANGED keeps 16-bit and alpha,
         # and ignores EXIF orientation, which is applied below to match the header.
         buffer = np.fromfile(path, dtype=np.uint8)
-        arr = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+        try:
+            arr = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+        except cv2.error as exc:  # some codecs raise rather than return None
+            raise ValueError(
+                f"cannot decode frame '{display_name(path)}': {plain_reason(exc)}"
+            ) from exc
         if arr is None:
-            raise ValueError(f"cannot decode frame '{display_name(path)}'")
+            # OpenCV refuses truncated PNG and JPEG data (it does not return a partly
+            # grey image), so this also catches a copy that stopped half way
+            raise ValueError(
+                f"cannot decode frame '{display_name(path)}': the file is truncated or damaged"
+            )
         if arr.ndim == 3 and arr.shape[2] in (3, 4):
             arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # BGR(A) -> RGB(A)
         arr = _match_channels(arr, info.channels)
@@ -264,6 +282,26 @@ def decode_frame(info: FrameInfo) -> np.ndarray:
             f"frame '{display_name(path)}' decoded to {_describe(arr.shape, arr.dtype)} "
             f"but its header said {_describe(info.shape, info.dtype)}; did it change on disk?"
         )
+    return arr
+
+
+def _decode_tiff(path: Path) -> np.ndarray:
+    """Decode a single-image TIFF, naming the file in whatever error its codec raises."""
+    import tifffile
+
+    with tifffile_messages() as messages:
+        try:
+            arr = tifffile.imread(path, series=0, level=0)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs raise struct.error, DeflateError, ...
+            raise ValueError(
+                f"cannot decode frame '{display_name(path)}': the file is truncated or damaged "
+                f"({plain_reason(exc)})"
+            ) from exc
+    damage = damage_in(messages)
+    if damage is not None:
+        raise ValueError(f"cannot decode frame '{display_name(path)}': the file is truncated or damaged ({damage})")
     return arr
 
 

@@ -8,21 +8,103 @@ description our own writer leaves in plain TIFFs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import re
+import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import numpy as np
+from dask.base import tokenize
 
 from ..stack import Stack
 from ._axes import to_stack_axes
 from ._units import MICRON, convert_length, normalize_unit
 
-__all__ = ["read_tiff", "tiff_scale", "display_name", "stack_name"]
+__all__ = [
+    "read_tiff",
+    "tiff_scale",
+    "display_name",
+    "stack_name",
+    "tifffile_messages",
+    "damage_in",
+    "plain_reason",
+]
 
 log = logging.getLogger(__name__)
+
+# tifffile *logs* (instead of raising) when a file's page chain is broken, and goes on
+# with the pages it could reach: a truncated stack then opens with fewer frames, or
+# with frames whose data lies past the end of the file. These messages mean damage.
+_DAMAGE_MESSAGES = (
+    "invalid page offset",
+    "invalid offset to",
+    "invalid next page",
+    "corrupted tag list",
+    "corrupted IFD",
+    "failed to reshape",
+    "invalid circular reference",
+    "contains no pages",
+    "missing data offset",
+    "missing data ByteCounts",
+    "missing ByteCounts",
+)
+_REPR_PREFIX = re.compile(r"^<[^>]*>\s*")
+
+
+class _ThreadMessages(logging.Handler):
+    """Collects the messages logged by one thread (dask reads frames in several)."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self._into = into
+        self._thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread:
+            self._into.append(_REPR_PREFIX.sub("", record.getMessage()))
+
+
+@contextlib.contextmanager
+def tifffile_messages() -> Iterator[list[str]]:
+    """Collect what tifffile logs (WARNING and up) in this thread, instead of printing it.
+
+    Without a handler Python prints tifffile's messages (``<tifffile.TiffPages @8>
+    invalid page offset 6656``) to stderr; collected, they decide whether a file
+    is damaged (:func:`damage_in`) and are logged at INFO level otherwise.
+    """
+    messages: list[str] = []
+    handler = _ThreadMessages(messages)
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        for message in messages:
+            log.info("tifffile: %s", message)
+
+
+def damage_in(messages: list[str]) -> str | None:
+    """The first of tifffile's messages that says the file is truncated or damaged."""
+    for message in messages:
+        if any(key in message for key in _DAMAGE_MESSAGES):
+            return message
+    return None
+
+
+def plain_reason(exc: BaseException) -> str:
+    """An exception as a short reason for a one-line message (type name if it says nothing)."""
+    text = _REPR_PREFIX.sub("", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return text or type(exc).__name__
 
 
 def display_name(path: Path) -> str:
@@ -57,36 +139,53 @@ def read_tiff(path: Path, *, axes: str | None = None) -> Stack:
     -------
     Stack
         Lazy data, one frame per chunk, with scale and unit from the metadata.
-    """
-    import tifffile
-    import zarr  # tifffile's lazy store is a zarr (v3) store
 
+    Raises
+    ------
+    ValueError
+        Naming the file, when it is not a TIFF, is truncated or damaged (also
+        when that only shows while a frame is decoded), or its axes are
+        ambiguous.
+    """
     path = Path(path)
     what = repr(display_name(path))
+    with tifffile_messages() as messages:
+        try:
+            tif, series = _open_series(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged header breaks tifffile in many ways
+            raise ValueError(f"cannot read {what} as a TIFF file: {plain_reason(exc)}") from exc
+        return _stack_from_series(tif, series, path, what, axes, messages)
+
+
+def _stack_from_series(
+    tif: Any, series: Any, path: Path, what: str, axes: str | None, messages: list[str]
+) -> Stack:
     try:
-        tif = tifffile.TiffFile(path)
-    except tifffile.TiffFileError as exc:
-        raise ValueError(f"cannot read {what} as a TIFF file: {exc}") from exc
-    try:
-        series_index = 0
-        if len(tif.series) > 1 and _is_sequence_of_images(tif.series):
-            # A file built by appending single images (tifffile writes one
-            # "shaped" series per image): read all pages as one generic series.
-            tif.close()
-            tif = tifffile.TiffFile(path, is_shaped=False)
-        if not tif.series:
+        damage = damage_in(messages)
+        if damage is not None:
+            raise ValueError(f"{what} is truncated or damaged ({damage}); copy it again from its source")
+        if series is None:
             raise ValueError(f"{what} holds no images")
-        series = tif.series[series_index]
-        src_axes = series.axes
-        store = series.aszarr(level=0, chunkmode="page")
-        data = da.from_zarr(zarr.open_array(store, mode="r"))
+        try:
+            _check_extent(tif, series, what)
+            store = series.aszarr(level=0, chunkmode="page")
+            data = _named_reads(store, path, what)
+            src_axes = str(series.axes)
+            source_shape = tuple(int(n) for n in series.shape)
+        except ValueError as exc:
+            if what in str(exc):
+                raise
+            raise ValueError(f"cannot read {what} as a TIFF file: {plain_reason(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise ValueError(f"cannot read {what} as a TIFF file: {plain_reason(exc)}") from exc
+        series_index = 0
         data, stack_axes = to_stack_axes(data, src_axes, what, override=axes)
         scale, unit, extra = tiff_scale(tif, series_index)
         metadata: dict[str, Any] = {
             "reader": "tifffile",
             "format": _format_name(tif),
-            "source_axes": series.axes,
-            "source_shape": tuple(int(n) for n in series.shape),
+            "source_axes": src_axes,
+            "source_shape": source_shape,
             "series": len(tif.series),
             **extra,
         }
@@ -107,6 +206,102 @@ def read_tiff(path: Path, *, axes: str | None = None) -> Stack:
         # The zarr store reopens the file when a chunk is read, so no handle
         # stays open between reads (and the file can be moved or deleted).
         tif.close()
+
+
+def _open_series(path: Path) -> tuple[Any, Any]:
+    """Open ``path`` and parse its first image series (``None`` when it has none)."""
+    import tifffile
+
+    tif = tifffile.TiffFile(path)
+    try:
+        if len(tif.series) > 1 and _is_sequence_of_images(tif.series):
+            # A file built by appending single images (tifffile writes one
+            # "shaped" series per image): read all pages as one generic series.
+            tif.close()
+            tif = tifffile.TiffFile(path, is_shaped=False)
+        if not tif.series:
+            return tif, None
+        series = tif.series[0]
+        # parse what reading will need now, so that a damaged header fails here
+        _ = series.shape, series.axes, np.dtype(series.dtype)
+        return tif, series
+    except BaseException:
+        tif.close()
+        raise
+
+
+def _check_extent(tif: Any, series: Any, what: str) -> None:
+    """Refuse a file whose pixel data (as its headers say) runs past its end."""
+    size = int(tif.filehandle.size)
+    offset = series.dataoffset
+    if offset is not None:  # contiguous data: one check covers every frame
+        end = int(offset) + int(series.nbytes)
+    else:
+        pages = [series.pages[0], series.pages[len(series.pages) - 1]]
+        end = 0
+        for page in pages:
+            if page is None:
+                continue
+            for start, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+                if count:
+                    end = max(end, int(start) + int(count))
+    if end > size:
+        raise ValueError(
+            f"{what} is truncated: its images need {end} bytes but the file has {size}; "
+            "copy it again from its source"
+        )
+
+
+class _NamedReads:
+    """Array-like over a tifffile zarr store that names the file when a read fails.
+
+    Decoding happens when dask computes a chunk, long after :func:`read_tiff`
+    returned; tifffile and its codecs then raise anything from ``struct.error``
+    to ``DeflateError`` without saying which file. Here every such error becomes
+    a ``ValueError`` naming the file.
+    """
+
+    def __init__(self, array: Any, what: str) -> None:
+        self._array = array
+        self._what = what
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        with tifffile_messages() as messages:
+            try:
+                out = np.asarray(self._array[key])
+            except MemoryError:
+                raise  # not damage: a frame too large for this machine
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                raise ValueError(
+                    f"cannot read {self._what}: the file is truncated or damaged "
+                    f"({plain_reason(exc)})"
+                ) from exc
+        damage = damage_in(messages)
+        if damage is not None:
+            raise ValueError(f"cannot read {self._what}: the file is truncated or damaged ({damage})")
+        return out
+
+
+def _named_reads(store: Any, path: Path, what: str) -> da.Array:
+    import zarr  # tifffile's lazy store is a zarr (v3) store
+
+    array = zarr.open_array(store, mode="r")
+    stat = os.stat(path)
+    # the name depends on the file's identity and version, so that dask never
+    # confuses two files, or two versions of one, in its caches
+    token = tokenize(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    return da.from_array(
+        _NamedReads(array, what),
+        chunks=tuple(int(c) for c in array.chunks),
+        name=f"read-tiff-{token}",
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+        asarray=False,
+        fancy=False,
+        lock=False,
+    )
 
 
 def _is_sequence_of_images(series: list) -> bool:

@@ -1,13 +1,16 @@
 """Open a focus stack from disk, lazily: :func:`read_stack` and :func:`is_supported`.
 
-Three readers share the work:
+Four readers share the work:
 
 ``"tifffile"``
     multi-page TIFF, ImageJ hyperstacks and OME-TIFF (``.tif``, ``.tiff``, ``.btf``);
 ``"frames"``
     a folder of frame files (JPEG, PNG, TIFF) or an explicit list of them;
 ``"bioio"``
-    CZI, ND2, LIF and whatever else an installed bioio plugin reads.
+    CZI, ND2, LIF and whatever else an installed bioio plugin reads;
+``"raw"``
+    camera raw files (DNG, RW2, CR2, NEF, ARW, ...) and folders of them, through
+    rawpy, demosaiced to 16-bit sRGB (:mod:`~napari_focusdeep.io.raw`).
 
 Each returns a :class:`~napari_focusdeep.stack.Stack` whose dask array has one
 chunk per frame; nothing but headers is read until a chunk is computed.
@@ -25,6 +28,7 @@ from typing import Any
 from ..stack import Stack
 from ._axes import to_stack_axes
 from ._frames import FRAME_EXTENSIONS, list_frames, read_frames
+from .raw import RAW_EXTENSIONS, list_raw, read_raw
 from ._tiff import display_name, read_tiff, stack_name
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "TIFF_EXTENSIONS",
     "FRAME_EXTENSIONS",
     "BIOIO_EXTENSIONS",
+    "RAW_EXTENSIONS",
     "READERS",
     "MissingExtraError",
     "UnsupportedFormatError",
@@ -52,10 +57,10 @@ BIOIO_EXTENSIONS: dict[str, str] = {
 
 #: Every extension :func:`read_stack` claims (lower case, with the dot).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(
-    sorted(set(TIFF_EXTENSIONS) | set(FRAME_EXTENSIONS) | set(BIOIO_EXTENSIONS))
+    sorted(set(TIFF_EXTENSIONS) | set(FRAME_EXTENSIONS) | set(BIOIO_EXTENSIONS) | set(RAW_EXTENSIONS))
 )
 
-READERS = ("tifffile", "frames", "bioio")
+READERS = ("tifffile", "frames", "bioio", "raw")
 
 _EXTRA_HINT = "pip install 'napari-focusdeep[formats]'"
 
@@ -85,8 +90,10 @@ def read_stack(
         A stack file (TIFF/OME-TIFF, CZI, ND2, LIF, ...), a folder of frame
         files (read in natural order: ``frame_2`` before ``frame_10``), or a
         list of frame files (read in the order given).
-    reader : {"tifffile", "frames", "bioio"}, optional
-        Force a reader instead of choosing by extension.
+    reader : {"tifffile", "frames", "bioio", "raw"}, optional
+        Force a reader instead of choosing by extension. A folder holding camera
+        raw files is read as raw (ignoring JPEG previews beside them) unless
+        ``reader="frames"``.
     axes : str, optional
         For stack files whose metadata does not say which axis is Z: one
         letter (T, Z, C, Y, X) per dimension longer than 1, in file order,
@@ -113,6 +120,9 @@ def read_stack(
     if reader is not None and reader not in READERS:
         raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     if isinstance(source, (list, tuple)):
+        if source and (reader == "raw" or (reader is None and all(_is_raw(p) for p in source))):
+            _no_axes(axes, "camera raw files")
+            return read_raw(list(source))
         return _read_list([Path(os.fspath(p)).expanduser() for p in source], reader, axes)
     path = Path(os.fspath(source)).expanduser()
     if not path.exists():
@@ -125,6 +135,9 @@ def read_stack(
         return read_tiff(path, axes=axes)
     if reader == "bioio":
         return read_bioio(path, axes=axes)
+    if reader == "raw":
+        _no_axes(axes, "a camera raw file")
+        return read_raw(path)
     _no_axes(axes, "a frame file")
     return read_frames([path])
 
@@ -135,6 +148,8 @@ def _reader_for(path: Path) -> str:
         return "tifffile"
     if low.endswith(FRAME_EXTENSIONS):
         return "frames"
+    if low.endswith(RAW_EXTENSIONS):
+        return "raw"
     return "bioio"  # bioio says whether it (or a plugin) can read it
 
 
@@ -154,9 +169,18 @@ def _read_list(paths: list[Path], reader: str | None, axes: str | None) -> Stack
     return read_frames(paths)
 
 
+def _is_raw(p: PathLike) -> bool:
+    return os.fspath(p).lower().endswith(RAW_EXTENSIONS)
+
+
 def _read_folder(path: Path, reader: str | None, axes: str | None) -> Stack:
     if reader == "bioio":
         return read_bioio(path, axes=axes)
+    # Camera raw files win over the JPEG/TIFF previews that RAW+JPEG cameras write
+    # beside them; reader="frames" reads those instead.
+    if reader == "raw" or (reader is None and list_raw(path)):
+        _no_axes(axes, "a folder of camera raw files")
+        return read_raw(path)
     if reader not in (None, "frames"):
         raise ValueError(f"reader={reader!r} reads files; a folder is read as frames")
     frames = list_frames(path)
@@ -273,7 +297,8 @@ def _has_frames(folder: Path) -> bool:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                if os.path.splitext(entry.name)[1].lower() in FRAME_EXTENSIONS and entry.is_file():
+                ext = os.path.splitext(entry.name)[1].lower()
+                if (ext in FRAME_EXTENSIONS or ext in RAW_EXTENSIONS) and entry.is_file():
                     return True
     except OSError:
         return False
