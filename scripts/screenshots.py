@@ -4,14 +4,22 @@ Opens the plugin's sample data, runs Fuse through the widget exactly as a user
 would (button click, worker thread, progress bar) and saves
 
 - ``docs/images/widget.png``: the napari window with the Fuse widget and the result;
-- ``docs/images/before_after.png``: one frame of the stack next to the fused image.
+- ``docs/images/depth.png``: the depth map Fuse adds beside it;
+- ``docs/images/before_after.png``: one frame of the stack next to the fused image;
+- ``docs/images/fuse_deep.png``: Fuse with the shipped ``focusdeep-any`` network;
+- ``docs/images/train.png``: the Train widget mid-run, fine-tuning the shipped
+  weights on the sample stack, with its live loss and validation-PSNR plot
+  (the run goes to a temporary folder and is stopped after the screenshot).
 
 Run headless with ``xvfb-run -a python scripts/screenshots.py`` (needs OpenGL,
-which Xvfb's Mesa provides). Takes about half a minute.
+which Xvfb's Mesa provides). Takes a few minutes on a CPU (the network fuses
+and trains there); ``--only pyramid`` makes the first three in half a minute.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "napari-focusdeep"
 
 
-def _wait(predicate, timeout: float = 120.0) -> None:
+def _wait(predicate, timeout: float = 600.0) -> None:
     """Process Qt events until ``predicate()`` holds (the worker reports through them)."""
     from qtpy.QtWidgets import QApplication
 
@@ -29,7 +37,7 @@ def _wait(predicate, timeout: float = 120.0) -> None:
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
-            raise TimeoutError("fusion did not finish in time")
+            raise TimeoutError("the run did not finish in time")
         app.processEvents()
         time.sleep(0.02)
     for _ in range(20):  # let the canvas draw the new layers
@@ -80,12 +88,76 @@ def before_after(frame: np.ndarray, fused: np.ndarray, frame_text: str, fused_te
     return np.concatenate([left, gap, right], axis=1)
 
 
+def _show_only(viewer, *names: str) -> None:
+    for layer in viewer.layers:
+        layer.visible = layer.name in names
+    viewer.layers.selection.active = viewer.layers[names[-1]]
+
+
+def fuse_deep(viewer, out: Path, stack_name: str) -> None:
+    """Fuse the sample with the shipped focusdeep-any network; save ``fuse_deep.png``."""
+    from napari_focusdeep._napari import _weights
+
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fuse")
+    widget.method_combo.setCurrentText("focusdeep-any")
+    _wait(lambda: _weights.device_info() is not None)
+    widget.fuse_layer(viewer.layers[stack_name])
+    _wait(lambda: not widget.is_running)
+    name = f"{stack_name} all-in-focus"
+    if name not in viewer.layers:
+        raise RuntimeError(f"deep Fuse did not add '{name}': {widget.status.text()}")
+    layer = viewer.layers[name]
+    layer.name = f"{stack_name} all-in-focus (focusdeep-any)"
+    _show_only(viewer, layer.name)
+    viewer.reset_view()
+    _wait(lambda: True)
+    import imageio.v3 as iio
+
+    iio.imwrite(out / "fuse_deep.png", viewer.screenshot(canvas_only=False, flash=False))
+    print(f"wrote {out / 'fuse_deep.png'}: {widget.status.text()}")
+    viewer.window.remove_dock_widget(dock)
+
+
+def train_shot(viewer, out: Path, stack_name: str, steps: int, val_points: int) -> None:
+    """Fine-tune the shipped weights on the sample stack; save ``train.png`` mid-run, then stop."""
+    import imageio.v3 as iio
+
+    from napari_focusdeep._napari import _weights
+
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    with tempfile.TemporaryDirectory(prefix="focusdeep-shot-") as tmp:
+        # keep the documentation run out of the user's weights folder
+        widget.folder_edit.setText(tmp)
+        widget.run_edit.setText("sample-finetune")
+        widget.set_source(stack_name)
+        widget.steps_spin.setValue(steps)
+        widget.crop_spin.setValue(64)
+        widget.batch_spin.setValue(2)
+        widget.val_spin.setValue(2)
+        widget.val_count = 2
+        _wait(lambda: _weights.device_info() is not None)
+        if widget.start() is None:
+            raise RuntimeError(f"Train did not start: {widget.status.text()}")
+        _wait(lambda: len(widget.plot.psnr) >= val_points or not widget.is_running, timeout=1800)
+        _wait(lambda: True)
+        iio.imwrite(out / "train.png", viewer.screenshot(canvas_only=False, flash=False))
+        print(f"wrote {out / 'train.png'}: {widget.status.text()}")
+        widget.stop()
+        _wait(lambda: not widget.is_running)
+    viewer.window.remove_dock_widget(dock)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--method", default="pyramid")
+    parser.add_argument("--only", choices=["pyramid", "deep", "train"], nargs="+", default=["pyramid", "deep", "train"])
+    parser.add_argument("--train-steps", type=int, default=16, help="steps of the (stopped) training run")
+    parser.add_argument("--val-points", type=int, default=5, help="validation points on the plot before the shot")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    # a private data folder: the doc run must not list or leave weights in the user's
+    os.environ.setdefault("NAPARI_FOCUSDEEP_DATA_DIR", tempfile.mkdtemp(prefix="focusdeep-shot-data-"))
 
     import imageio.v3 as iio
     import napari
@@ -99,7 +171,16 @@ def main(argv: list[str] | None = None) -> None:
     viewer.window._qt_window.resize(1400, 860)
     viewer.open_sample(PLUGIN, "synthetic")
     stack = viewer.layers["synthetic focus stack"]
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fuse")
+    if "pyramid" not in args.only:
+        if "deep" in args.only:
+            fuse_deep(viewer, args.out, stack.name)
+        if "train" in args.only:
+            viewer.window._qt_window.resize(1400, 1050)
+            _show_only(viewer, stack.name)
+            train_shot(viewer, args.out, stack.name, args.train_steps, args.val_points)
+        viewer.close()
+        return
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fuse")
     widget.method_combo.setCurrentText(args.method)
     widget.fuse_button.click()
     _wait(lambda: not widget.is_running)
@@ -112,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     _wait(lambda: True)
     shot = viewer.screenshot(canvas_only=False, flash=False)
     iio.imwrite(args.out / "widget.png", shot)
+    depth = viewer.layers[f"{stack.name} depth"]
+    _show_only(viewer, depth.name)
+    _wait(lambda: True)
+    iio.imwrite(args.out / "depth.png", viewer.screenshot(canvas_only=False, flash=False))
 
     # A frame focused on the middle of the scene: near and far parts are blurred in it.
     frames = np.asarray(stack.data)
@@ -127,7 +212,14 @@ def main(argv: list[str] | None = None) -> None:
         f"fused ({widget.method_combo.currentText()}, {frames.shape[0]} frames), same crop",
     )
     iio.imwrite(args.out / "before_after.png", pair)
-    print(f"wrote {args.out / 'widget.png'} and {args.out / 'before_after.png'}")
+    print(f"wrote {args.out / 'widget.png'}, {args.out / 'depth.png'} and {args.out / 'before_after.png'}")
+    viewer.window.remove_dock_widget(dock)
+    if "deep" in args.only:
+        fuse_deep(viewer, args.out, stack.name)
+    if "train" in args.only:
+        viewer.window._qt_window.resize(1400, 1050)
+        _show_only(viewer, stack.name)
+        train_shot(viewer, args.out, stack.name, args.train_steps, args.val_points)
     viewer.close()
 
 

@@ -29,6 +29,10 @@ ENTRY_MODULES = [
     "napari_focusdeep._napari._writer",
     "napari_focusdeep._napari._widget",
     "napari_focusdeep._napari._sample",
+    "napari_focusdeep._napari._train",
+    "napari_focusdeep._napari._controls",
+    "napari_focusdeep._napari._weights",
+    "napari_focusdeep._napari._busy",
 ]
 
 
@@ -128,7 +132,7 @@ def test_manifest_validates():
     assert {"*.tif", "*.tiff", "*.czi", "*.nd2", "*.lif", "*.png", "*.jpg", "*.jpeg"} <= patterns
     exts = set(contrib.writers[0].filename_extensions)
     assert {".tif", ".tiff", ".ome.tif", ".png", ".jpg"} <= exts
-    assert [w.display_name for w in contrib.widgets] == ["Fuse"]
+    assert [w.display_name for w in contrib.widgets] == ["Fuse", "Train"]
     assert [s.display_name for s in contrib.sample_data] == ["Synthetic focus stack"]
     pm.validate_imports()  # every python_name resolves
     # the installed distribution's manifest is this file

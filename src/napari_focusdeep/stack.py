@@ -34,6 +34,37 @@ def infer_axes(shape: tuple[int, ...]) -> str:
     )
 
 
+class _Frames:
+    """A numpy array as dask sees it: sliced on demand, never copied whole.
+
+    ``dask.array.from_array`` copies any array with a ``copy`` method (to guard
+    against later mutation), which for a memory-mapped stack means reading all
+    of it into memory; this wrapper has no such method.
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self._array[key])
+
+
+def _lazy_frames(array: np.ndarray, axes: str) -> da.Array:
+    # one frame per chunk, so that streaming code touches one frame at a time
+    chunks = tuple(1 if a in "TZ" else -1 for a in axes) if len(axes) == array.ndim else -1
+    return da.from_array(
+        _Frames(array),
+        chunks=chunks,
+        name=False,  # a random name: hashing would read the whole array
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+        asarray=False,
+        fancy=False,
+    )
+
+
 @dataclass(frozen=True)
 class Stack:
     """A focus stack: frames along Z, optionally channels last and time first.
@@ -77,14 +108,22 @@ class Stack:
 
     @classmethod
     def from_array(cls, array: Any, *, axes: str | None = None, **kwargs: Any) -> Stack:
-        """Wrap a numpy or dask array; ``axes`` is inferred for 3-D and RGB 4-D data."""
-        arr = array if isinstance(array, da.Array) else da.from_array(np.asarray(array), chunks=-1)
-        if axes is None:
-            axes = infer_axes(arr.shape)
-        if isinstance(array, np.ndarray) and "Z" in axes:
-            # one frame per chunk, so that streaming code touches one frame at a time
-            chunks = tuple(1 if a in "TZ" else -1 for a in axes)
-            arr = arr.rechunk(chunks)
+        """Wrap a numpy or dask array; ``axes`` is inferred for 3-D and RGB 4-D data.
+
+        A numpy array (a memory-mapped one included) is wrapped without copying,
+        one frame per chunk, so that fusing a stack read with
+        ``numpy.load(..., mmap_mode="r")`` reads one frame at a time; do not
+        modify the array while it is being fused.
+        """
+        if isinstance(array, da.Array):
+            arr = array
+            if axes is None:
+                axes = infer_axes(arr.shape)
+        else:
+            array = np.asanyarray(array)
+            if axes is None:
+                axes = infer_axes(array.shape)
+            arr = _lazy_frames(array, axes)
         return cls(data=arr, axes=axes, **kwargs)
 
     # -- shape helpers -------------------------------------------------------------

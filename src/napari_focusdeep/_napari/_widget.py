@@ -2,8 +2,14 @@
 
 Deliberately thin: it reads a layer into a :class:`~napari_focusdeep.stack.Stack`,
 runs :func:`~napari_focusdeep.fusion.fuse_iter` in a napari thread worker (so the
-viewer stays responsive and the bar follows every frame), and adds the result as
-layers. All the work lives in the core; nothing here knows how fusion works.
+viewer stays responsive and the bar follows every frame, or every frame of every
+tile for the deep methods), and adds the result as layers. All the work lives in
+the core; nothing here knows how fusion works.
+
+For a deep method (``Method.kind == "deep"``) the widget also offers the weights
+of that network (shipped, trained with the Train widget, or loaded from a file),
+the device and the tile size. Only one long job runs at a time (see
+:mod:`._busy`): a Fuse while a training run works is refused with a message.
 """
 from __future__ import annotations
 
@@ -17,14 +23,20 @@ from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
+
+from . import _busy, _weights
+from ._controls import DeviceBox, WeightsCombo
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -40,6 +52,8 @@ _REFERENCES = ("middle", "first", "last")
 _MOTIONS = ("affine", "translation", "euclidean", "homography")
 _STAGE_WORDS = {"register": "registering", "prepare": "caching frames", "fuse": "fusing"}
 _CHANNEL_WORDS = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "alpha")}
+_KIND_ROLE = Qt.ItemDataRole.UserRole + 1  # method kind ("classical"/"deep") in the method box
+_DEFAULT_TILE = 512  # until the registry says otherwise (models.methods.OPTIONS["tile"])
 
 
 @dataclass
@@ -69,6 +83,7 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     worker: Any = None
     gen: Any = None
+    busy: Any = None  # the claim on the machine (see _busy), released when the worker ends
 
     def stop(self) -> None:
         """Ask the worker to stop at its next frame (harmless if it has finished)."""
@@ -90,6 +105,8 @@ class _Run:
                 gen.close()
             except Exception:  # clean-up must never take the viewer down
                 _log.debug("closing the fusion generator failed", exc_info=True)
+        busy, self.busy = self.busy, None
+        _busy.release(busy)
 
 
 class _RunHolder:
@@ -124,6 +141,20 @@ def _fusion_job(stack: Stack, options: dict[str, Any], run: _Run) -> Generator[P
         _log.debug("fusion failed", exc_info=True)
         return _Failure(str(exc) or type(exc).__name__)
     return result
+
+
+def progress_text(p: Progress, n_frames: int) -> str:
+    """The status line for one progress step of a stack of ``n_frames`` frames.
+
+    Fusion counts frames x tiles; when there are several tiles the line says which
+    tile and frame, so a long deep fusion shows where it is.
+    """
+    word = p.message or _STAGE_WORDS.get(p.stage, p.stage)
+    n = int(n_frames)
+    if p.stage == "fuse" and n and p.total > n and p.total % n == 0 and p.done:
+        tile, frame = divmod(int(p.done) - 1, n)
+        return f"{word}: tile {tile + 1}/{p.total // n}, frame {frame + 1}/{n}"
+    return f"{word}: {p.done}/{p.total}"
 
 
 def _eligible(layer: Any) -> bool:
@@ -175,6 +206,36 @@ class FuseWidget(QWidget):
         self.keep_registered_check.setToolTip("Also add the aligned frames as a layer (computed lazily)")
         self.crop_check = QCheckBox("Crop to the area all frames cover")
         self.crop_check.setToolTip("Drop the borders that registration had to fill in")
+
+        # The deep methods' controls, shown only while a deep method is chosen.
+        self.model_box = QGroupBox("Network")
+        self.weights_combo = WeightsCombo(self.refresh_weights)
+        self.weights_combo.setToolTip("Weights of the chosen network: shipped, trained with the Train widget, or loaded")
+        self.load_weights_button = QPushButton("Load weights file...")
+        self.load_weights_button.setToolTip("A .safetensors file with its .json config beside it (pickles are refused)")
+        self.device_box = DeviceBox()
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(64, 8192)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setValue(_DEFAULT_TILE)
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip(
+            "The image is fused in overlapping tiles of this size (plus context), blended seamlessly; "
+            "smaller tiles need less memory (on GPU out-of-memory the tile is halved automatically)"
+        )
+        self.weights_note = QLabel()
+        self.weights_note.setWordWrap(True)
+        self.weights_note.setStyleSheet("color: gray;")
+        model_form = QFormLayout(self.model_box)
+        model_form.addRow("Weights", self.weights_combo)
+        model_form.addRow("", self.load_weights_button)
+        model_form.addRow("", self.weights_note)
+        model_form.addRow("Device", self.device_box)
+        model_form.addRow("Tile", self.tile_spin)
+        self.model_box.setVisible(False)
+        self._tile_touched = False
+        self.tile_spin.valueChanged.connect(lambda *_: setattr(self, "_tile_touched", True))
+
         self.fuse_button = QPushButton("Fuse")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -194,6 +255,7 @@ class FuseWidget(QWidget):
         form.addRow("Sharpness on", self.channel_combo)
         form.addRow("", self.keep_registered_check)
         form.addRow("", self.crop_check)
+        form.addRow(self.model_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.fuse_button)
         buttons.addWidget(self.cancel_button)
@@ -209,6 +271,10 @@ class FuseWidget(QWidget):
         self.register_check.toggled.connect(self._sync_enabled)
         self.method_combo.currentIndexChanged.connect(self._show_method_info)
         self.layer_combo.currentIndexChanged.connect(self._refresh_channels)
+        self.load_weights_button.clicked.connect(self._choose_weights_file)
+        self.weights_combo.currentIndexChanged.connect(self._show_weights_info)
+        # weights trained (Train widget) or loaded (another Fuse widget) appear here at once
+        _weights.on_weights_changed(self.refresh_weights)
 
         self.refresh_methods()
         events = self.viewer.layers.events
@@ -245,13 +311,20 @@ class FuseWidget(QWidget):
         try:
             from ..fusion.registry import list_methods
 
-            methods = [(m.name, m.description) for m in list_methods()]
+            listed = list_methods()
+            methods = [(m.name, m.description, m.kind) for m in listed]
+            tiles = [int(m.options["tile"]) for m in listed if m.kind == "deep" and "tile" in m.options]
+            if tiles and not self._tile_touched:
+                self.tile_spin.blockSignals(True)  # not the user's choice
+                self.tile_spin.setValue(tiles[0])  # the deep methods' own default
+                self.tile_spin.blockSignals(False)
         except Exception as exc:  # noqa: BLE001 - a broken optional method must not kill the widget
             self._notify_error(f"could not list the fusion methods: {exc}")
             methods = []
-        for i, (name, description) in enumerate(methods):
+        for i, (name, description, kind) in enumerate(methods):
             self.method_combo.addItem(name)
             self.method_combo.setItemData(i, description, Qt.ItemDataRole.ToolTipRole)
+            self.method_combo.setItemData(i, kind, _KIND_ROLE)
         names = [m[0] for m in methods]
         if current in names:
             self.method_combo.setCurrentIndex(names.index(current))
@@ -264,6 +337,90 @@ class FuseWidget(QWidget):
         tip = self.method_combo.currentData(Qt.ItemDataRole.ToolTipRole)
         self.method_info.setText(tip or "")
         self.method_combo.setToolTip(tip or "")
+        deep = self.is_deep()
+        self.model_box.setVisible(deep)
+        if deep:
+            self.refresh_weights()
+            self.device_box.ensure_probed()  # imports torch, in a thread, the first time only
+
+    def is_deep(self) -> bool:
+        """Whether the chosen method is a network (it then needs weights, a device, a tile)."""
+        return self.method_combo.currentData(_KIND_ROLE) == "deep"
+
+    # -- weights ----------------------------------------------------------------------
+    def refresh_weights(self) -> None:
+        """List the weights of the chosen network: shipped, yours (trained), loaded files."""
+        if not self.is_deep():
+            return
+        arch = self.method_combo.currentText()
+        current = self.weights_combo.currentData()
+        try:
+            choices = _weights.weights_choices(arch)
+        except Exception as exc:  # noqa: BLE001 - a broken weights folder must not kill the widget
+            _log.debug("listing weights failed", exc_info=True)
+            choices = []
+            self.weights_note.setText(f"could not list weights: {exc}")
+        self.weights_combo.blockSignals(True)
+        self.weights_combo.clear()
+        for i, c in enumerate(choices):
+            self.weights_combo.addItem(c.label, c.path)
+            self.weights_combo.setItemData(i, c.tooltip, Qt.ItemDataRole.ToolTipRole)
+        idx = self.weights_combo.findData(current) if current else -1
+        self.weights_combo.setCurrentIndex(idx if idx >= 0 else (0 if choices else -1))
+        self.weights_combo.blockSignals(False)
+        self._show_weights_info()
+        self._sync_enabled()
+
+    def _show_weights_info(self, *_: Any) -> None:
+        if self.weights_combo.count() == 0:
+            arch = self.method_combo.currentText()
+            self.weights_note.setText(
+                f"No {arch} weights yet: train some with Plugins > FocusDeep > Train, or load a .safetensors file."
+            )
+            self.weights_combo.setToolTip("")
+            return
+        tip = self.weights_combo.currentData(Qt.ItemDataRole.ToolTipRole) or ""
+        self.weights_combo.setToolTip(tip)
+        self.weights_note.setText(tip.splitlines()[0] if tip else "")
+
+    def selected_weights(self) -> str | None:
+        """Path of the chosen weights file, or None (no weights for this network)."""
+        return self.weights_combo.currentData() or None
+
+    def _choose_weights_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load network weights", str(_weights.user_weights_dir()), "Weights (*.safetensors);;All files (*)"
+        )
+        if path:
+            self.load_weights_file(path)
+
+    def load_weights_file(self, path: str | Any) -> bool:
+        """Check a weights file and offer it (choosing its network); False if refused.
+
+        Only ``.safetensors`` with their ``.json`` config are accepted: a pickled
+        checkpoint can run code when it is loaded, so it is refused with a message.
+        """
+        from pathlib import Path
+
+        try:
+            cfg = _weights.check_weights_file(path)
+        except ValueError as exc:
+            self._notify_error(str(exc))
+            return False
+        arch = cfg["architecture"]
+        idx = self.method_combo.findText(arch)
+        if idx < 0 or self.method_combo.itemData(idx, _KIND_ROLE) != "deep":
+            self._notify_error(f"{Path(path).name} holds a {arch} network, which no fusion method here runs")
+            return False
+        if self.method_combo.currentText() != arch:
+            self._notify_info(f"{Path(path).name} holds {arch} weights: method set to {arch}")
+            self.method_combo.setCurrentIndex(idx)
+        _weights.remember(path)  # every Fuse widget now lists it (and refreshes this one)
+        self.refresh_weights()
+        i = self.weights_combo.findData(str(Path(path).resolve()))
+        if i >= 0:
+            self.weights_combo.setCurrentIndex(i)
+        return True
 
     def _watch_layer(self, event: Any) -> None:
         event.value.events.name.connect(self._refresh_layers)
@@ -302,9 +459,10 @@ class FuseWidget(QWidget):
     def _sync_enabled(self, *_: Any) -> None:
         running = self.is_running
         registering = self.register_check.isChecked()
-        self.fuse_button.setEnabled(not running and self.layer_combo.count() > 0)
+        weights_ok = not self.is_deep() or self.weights_combo.count() > 0
+        self.fuse_button.setEnabled(not running and self.layer_combo.count() > 0 and weights_ok)
         self.cancel_button.setEnabled(running)
-        for w in (self.layer_combo, self.method_combo, self.register_check, self.channel_combo):
+        for w in (self.layer_combo, self.method_combo, self.register_check, self.channel_combo, self.model_box):
             w.setEnabled(not running)
         for w in (self.motion_combo, self.reference_combo, self.keep_registered_check, self.crop_check):
             w.setEnabled(not running and registering)
@@ -313,7 +471,7 @@ class FuseWidget(QWidget):
     def options(self) -> dict[str, Any]:
         """The keyword arguments for :func:`~napari_focusdeep.fusion.fuse_iter` the boxes say."""
         register = self.register_check.isChecked()
-        return {
+        opts = {
             "method": self.method_combo.currentText(),
             "register": register,
             "reference": self.reference_combo.currentText(),
@@ -321,6 +479,9 @@ class FuseWidget(QWidget):
             "channel": self.channel_combo.currentData(),
             "return_registered": register and self.keep_registered_check.isChecked(),
         }
+        if self.is_deep():
+            opts.update(weights=self.selected_weights(), device=self.device_box.device(), tile=int(self.tile_spin.value()))
+        return opts
 
     def fuse_layer(self, layer: Any = None) -> Any:
         """Start fusing ``layer`` (default: the selected one) in a worker thread.
@@ -344,8 +505,18 @@ class FuseWidget(QWidget):
             options = self.options()
             if not options["method"]:
                 raise ValueError("no fusion method is available")
+            if self.is_deep() and not options["weights"]:
+                raise ValueError(
+                    f"no {options['method']} weights to fuse with: train some (Plugins > FocusDeep > Train) "
+                    "or load a .safetensors file"
+                )
         except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
             self._notify_error(str(exc))
+            return None
+        try:  # one long job at a time: a training run (or another Fuse) owns the CPU/GPU
+            busy = _busy.claim("fusion", f"{options['method']} on '{layer.name}'")
+        except RuntimeError as exc:
+            self._notify_info(str(exc))
             return None
 
         run = _Run(
@@ -358,6 +529,7 @@ class FuseWidget(QWidget):
             contrast_limits=None if layer.rgb else tuple(float(c) for c in layer.contrast_limits),
             n_frames=stack.n_frames,
             z_step=stack.z_step,
+            busy=busy,
         )
         worker = create_worker(_fusion_job, stack, options, run, _start_thread=False)
         run.worker = worker
@@ -389,8 +561,8 @@ class FuseWidget(QWidget):
         if p.total:
             self.progress.setRange(0, int(p.total))
             self.progress.setValue(int(p.done))
-        word = p.message or _STAGE_WORDS.get(p.stage, p.stage)
-        self.status.setText(f"{word}: {p.done}/{p.total}")
+        run = self._holder.run
+        self.status.setText(progress_text(p, run.n_frames if run is not None else 0))
 
     def _on_aborted(self) -> None:
         self.status.setText("cancelled")

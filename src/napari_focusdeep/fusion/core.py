@@ -7,11 +7,12 @@ worth whatever the number of frames, and a consumer can cancel at every frame.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
@@ -214,6 +215,7 @@ def fuse_iter(
     """
     if not isinstance(stack, Stack):
         stack = Stack.from_array(stack)
+    stack = _refuse_non_finite(stack)
     meth = get_method(method)
     opts = {**meth.options, **options}
     if stack.n_frames < 1:
@@ -231,6 +233,17 @@ def fuse_iter(
         data = zstack.data
         if zstack.has_channels is False:
             data = data[..., None]
+        if register and transforms is None and zstack.n_frames > 1 and min(zstack.frame_shape) < _MIN_REGISTER:
+            import warnings
+
+            from ..registration import RegistrationWarning
+
+            # OpenCV's phase correlation asserts on a 1-pixel side, and no motion can be
+            # measured on a few pixels anyway
+            h, w = zstack.frame_shape
+            warnings.warn(f"frames of {w}x{h} pixels are too small to register; fusing them as they are",
+                          RegistrationWarning, stacklevel=2)
+            register = False
         if register and transforms is None and zstack.n_frames > 1:
             from ..registration import iter_estimate_transforms
 
@@ -268,6 +281,43 @@ def fuse_iter(
     )
 
 
+def _refuse_non_finite(stack: Stack) -> Stack:
+    """Make reading a frame that holds NaN or infinity raise a ``ValueError`` naming it.
+
+    The check rides on the lazy data, so registration and fusion both read
+    through it at no extra pass over the stack: a NaN would otherwise spread
+    through every pyramid level into a blotch of NaN in the result, or make
+    registration fail. Only float stacks can hold such values.
+    """
+    if stack.dtype.kind not in "fc":
+        return stack
+    z_axis = stack.axes.index("Z")
+    timed = stack.axes.startswith("T")
+    files = stack.paths if len(stack.paths) == stack.n_frames else ()
+    name = stack.name
+
+    def check(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        finite = np.isfinite(block)
+        if finite.all():
+            return block
+        loc = block_info[0]["array-location"] if block_info else [(0, 0)] * block.ndim
+        bad_z = np.moveaxis(~finite, z_axis, 0).reshape(block.shape[z_axis], -1).any(axis=1)
+        offset = int(np.argmax(bad_z))
+        z = loc[z_axis][0] + offset
+        frame = np.take(block, offset, axis=z_axis)
+        count = int(np.count_nonzero(~np.isfinite(frame)))
+        where = f"frame {z}" + (f" of time point {loc[0][0]}" if timed else "")
+        source = f" ('{Path(files[z]).name}')" if files and not timed else ""
+        kinds = " or ".join(k for k, bad in (("NaN", np.isnan(frame).any()), ("infinite", np.isinf(frame).any())) if bad)
+        raise ValueError(
+            f"{where}{source} of '{name}' holds {count} {kinds} value{'s' if count != 1 else ''}; "
+            "fusion would spread them into the result: replace them first (e.g. numpy.nan_to_num)"
+        )
+
+    data = stack.data.map_blocks(check, dtype=stack.dtype, meta=np.empty((0,) * stack.data.ndim, stack.dtype))
+    return replace(stack, data=data)
+
+
 def _relay(gen: Generator, stage: str, message: str) -> Generator[Progress, None, Any]:
     """Turn a sub-generator's ``(done, total)`` yields into :class:`Progress`."""
     try:
@@ -279,6 +329,8 @@ def _relay(gen: Generator, stage: str, message: str) -> Generator[Progress, None
 
 
 _MIN_BLOCK = 16
+#: Frames with a side shorter than this are fused without registration.
+_MIN_REGISTER = 8
 
 
 def _fuse_zstack(
@@ -339,12 +391,14 @@ def _fuse_blocks(
     image = np.zeros((h, w, c), np.float32)
     depth = np.zeros((h, w), np.float32)
     weight = np.zeros((h, w), np.float32) if ramp else None
+    lo, hi = np.float32(np.inf), np.float32(-np.inf)
     step = 0
     for block in blocks:
         ry0, ry1, rx0, rx1 = block.read
         acc = meth.make(n, (ry1 - ry0, rx1 - rx0, c), **opts)
         for z in range(n):
             frame = to_float(np.asarray(data[z, ry0:ry1, rx0:rx1]))
+            lo, hi = min(lo, frame.min()), max(hi, frame.max())
             acc.add(frame, selection_image(frame, channel))
             step += 1
             yield Progress(step, total, "fuse", f"fusing ({meth.name})")
@@ -365,12 +419,25 @@ def _fuse_blocks(
     if weight is not None:
         image /= np.maximum(weight, 1e-12)[..., None]
         depth /= np.maximum(weight, 1e-12)
+    if meth.kind == "classical":
+        # Multi-scale selection (pyramid, wavelet) overshoots next to strong edges; a value
+        # no frame holds (a negative fluorescence intensity, a float above the sensor's
+        # maximum) is an artefact, so the result stays within the range of the input.
+        # The range is global, so block-wise fusion still equals whole-image fusion.
+        # Deep models are left alone: what they output is what they were trained to.
+        np.clip(image, lo, hi, out=image)
     return image, depth
 
 
 def _spill(data: da.Array, path: Path) -> Generator[Progress, None, np.ndarray]:
     n = int(data.shape[0])
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=data.dtype, shape=tuple(int(s) for s in data.shape))
+    # Unlink the file (and its folder) at once: POSIX keeps a mapped file alive until it
+    # is unmapped, so even a killed process (SIGKILL, power cut) leaves no copy of the
+    # stack in the temporary folder. Windows refuses; there the caller's ``finally`` cleans up.
+    with contextlib.suppress(OSError):
+        path.unlink()
+        path.parent.rmdir()
     for z in range(n):
         mm[z] = np.asarray(data[z])
         yield Progress(z + 1, n, "prepare", "caching frames for block-wise fusion")
@@ -428,6 +495,17 @@ def fuse(
     Returns
     -------
     FusionResult
+        With the classical methods the image lies within the range of the
+        input values (multi-scale methods would otherwise overshoot next to
+        strong edges).
+
+    Raises
+    ------
+    ValueError
+        When a float frame holds NaN or infinity (the message names the frame),
+        a method or option is unknown, or the stack has no frames.
+    FusionCancelled
+        When ``cancel`` is set.
     """
     gen = fuse_iter(
         stack,

@@ -1,5 +1,9 @@
 """Training data: simulated focus bursts on the fly, and a lab's own stacks.
 
+A lab's folders of stacks are read and registered by :func:`load_training_folder`
+(:mod:`.folder`) and cut into crops, with noise injected on the fly, by
+:class:`StackCrops`.
+
 Every sample is a pair ``(burst, target)``: ``burst`` float32 ``(N, C, H, W)`` in
 [0, 1] (registered frames with small residual misalignment, as after our global
 registration), ``target`` float32 ``(C, H, W)``, the sharp image in the reference
@@ -14,9 +18,20 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .simulate import add_noise, image_source, sample_noise, simulate_stack, synthetic_scene
+from .folder import TrainingFolder, load_training_folder, make_pseudo_gt
+from .simulate import NOISE_PRESETS, NoiseLevel, add_noise, image_source, sample_noise, simulate_stack, synthetic_scene
 
-__all__ = ["SimConfig", "simulated_pair", "simulated_batches", "StackCrops", "validation_set", "psnr"]
+__all__ = [
+    "SimConfig",
+    "simulated_pair",
+    "simulated_batches",
+    "StackCrops",
+    "validation_set",
+    "psnr",
+    "TrainingFolder",
+    "load_training_folder",
+    "make_pseudo_gt",
+]
 
 # scikit-image's bundled photos used as real-texture sources beside procedural scenes
 PHOTO_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohistochemistry", "retina", "hubble_deep_field")
@@ -118,58 +133,258 @@ def validation_set(
 
 
 class StackCrops:
-    """Crops from a lab's own registered stacks and their pseudo ground truths.
+    """Crops from a lab's own registered stacks and their (pseudo) ground truths.
+
+    Batch ``k`` depends only on ``(seed, k)`` (see :meth:`batch`), so a run that
+    trains on these crops resumes exactly like one on simulated data.
 
     Parameters
     ----------
     stacks : sequence of ndarray
-        Registered stacks ``(Z, H, W, C)`` (or ``(Z, H, W)``), any dtype.
+        Registered stacks ``(Z, H, W, C)`` or ``(Z, H, W)``, any dtype. Kept in
+        their own dtype (a 16-bit stack takes half the memory of float32) and
+        scaled to [0, 1] crop by crop.
     targets : sequence of ndarray
-        The pseudo ground truth of each stack, ``(H, W[, C])``, e.g. from our
-        ``pyramid`` fuse of a low-noise stack or from Helicon/Zerene.
+        The ground truth of each stack, ``(H, W[, C])``, in the reference frame's
+        geometry: e.g. from :func:`make_pseudo_gt` (our ``pyramid`` fuse of a
+        low-noise stack) or from Helicon/Zerene.
     crop : int
         Crop size (the paper uses 128).
-    noise : bool
-        Inject shot/read noise on the fly (the frames' own noise stays).
+    noise : bool, str or NoiseLevel
+        Noise injected on the fly on top of the frames' own: ``True`` draws a
+        Brooks et al. level per crop (and leaves 15 % of crops clean, as the
+        simulated pre-training does), ``"low"``/``"medium"``/``"high"`` or a
+        :class:`~napari_focusdeep.training.simulate.NoiseLevel` fixes it, ``False``
+        injects none.
+    channels : int or None
+        Channels the network takes (3 for the shipped RGB weights): a gray stack
+        is replicated to ``channels``, RGBA loses its alpha, and any other
+        channel count is split into gray stacks, each replicated, as the deep
+        fusion methods run them. ``None`` keeps the data's channels.
+    frames : int or None
+        Resample every burst to this many frames (fixed-length ``focusdeep`` and
+        ``unet`` models; evenly spaced, first and last frame kept).
+    augment : bool
+        Random flips and transposes (the burst and its target alike).
+    names : sequence of str, optional
+        Stack names for messages.
+    regions : sequence of (y0, y1, x0, x1), optional
+        Where each stack's crops may come from (default: everywhere).
     """
 
     def __init__(
-        self, stacks: Sequence[np.ndarray], targets: Sequence[np.ndarray], *, crop: int = 128, noise: bool = True
+        self,
+        stacks: Sequence[np.ndarray],
+        targets: Sequence[np.ndarray],
+        *,
+        crop: int = 128,
+        noise: object = True,
+        channels: int | None = 3,
+        frames: int | None = None,
+        augment: bool = True,
+        names: Sequence[str] | None = None,
+        regions: Sequence[tuple[int, int, int, int]] | None = None,
     ) -> None:
-        from ..fusion.core import to_float
-
-        if len(stacks) != len(targets) or not stacks:
-            raise ValueError("give one pseudo ground truth per stack, and at least one stack")
-        self.stacks, self.targets = [], []
-        for s, t in zip(stacks, targets):
-            s = to_float(np.asarray(s))
-            t = to_float(np.asarray(t))
+        if len(stacks) != len(targets) or not len(stacks):
+            raise ValueError("give one ground truth per stack, and at least one stack")
+        names = list(names) if names is not None else [f"stack {i}" for i in range(len(stacks))]
+        if len(names) != len(stacks) or (regions is not None and len(regions) != len(stacks)):
+            raise ValueError("give one name and one region per stack")
+        self.crop = int(crop)
+        self.noise = noise
+        self.frames = None if frames is None else int(frames)
+        self.augment = bool(augment)
+        self.channels = channels
+        self.stacks: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.names: list[str] = []
+        self.regions: list[tuple[int, int, int, int]] = []
+        for i, (s, t, name) in enumerate(zip(stacks, targets, names)):
+            s, t = np.asarray(s), np.asarray(t)
             s = s if s.ndim == 4 else s[..., None]
             t = t if t.ndim == 3 else t[..., None]
-            if s.shape[1:] != t.shape:
-                raise ValueError(f"a stack of frames {s.shape[1:]} does not match its ground truth {t.shape}")
-            if min(t.shape[:2]) < crop:
-                raise ValueError(f"frames of {t.shape[1]}x{t.shape[0]} are smaller than the {crop}-pixel crop")
-            self.stacks.append(s)
-            self.targets.append(t)
-        self.crop = crop
-        self.noise = noise
+            if s.ndim != 4 or t.ndim != 3:
+                raise ValueError(f"{name}: expected a stack (Z, H, W[, C]) and an image (H, W[, C])")
+            if s.shape[1:3] != t.shape[:2]:
+                raise ValueError(
+                    f"{name}: frames of {s.shape[2]}x{s.shape[1]} do not match the "
+                    f"{t.shape[1]}x{t.shape[0]} ground truth"
+                )
+            if t.shape[2] == 4 and s.shape[3] == 3:
+                t = t[..., :3]  # an RGBA ground truth of an RGB stack: alpha carries no signal
+            if s.shape[3] != t.shape[2]:
+                raise ValueError(f"{name}: the stack has {s.shape[3]} channels, its ground truth {t.shape[2]}")
+            h, w = t.shape[:2]
+            region = tuple(int(v) for v in regions[i]) if regions is not None else (0, h, 0, w)
+            y0, y1, x0, x1 = region
+            if min(y1 - y0, x1 - x0) < self.crop:
+                raise ValueError(
+                    f"{name}: {x1 - x0}x{y1 - y0} pixels to crop from is less than the {self.crop}-pixel crop; "
+                    "use a smaller crop"
+                )
+            for sc, tc in _split_channels(s, t, channels):
+                self.stacks.append(sc)
+                self.targets.append(tc)
+                self.names.append(name)
+                self.regions.append(region)  # type: ignore[arg-type]
+        # a batch's crops share one stack (so they share the burst length); larger
+        # regions hold more distinct crops and are drawn more often
+        area = np.array([(r[1] - r[0] - self.crop + 1) * (r[3] - r[2] - self.crop + 1) for r in self.regions], float)
+        self._weights = area / area.sum()
 
-    def batches(self, batch_size: int, *, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        rng = np.random.default_rng(seed)
+    def __len__(self) -> int:
+        return len(self.stacks)
+
+    def _sample(
+        self, k: int, y: int, x: int, rng: np.random.Generator | None, noise: object, flips: tuple[bool, bool, bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from ..fusion.core import to_float
+
+        c = self.crop
+        s, t = self.stacks[k], self.targets[k]
+        if self.frames is not None:
+            s = s[_resample(s.shape[0], self.frames)]
+        b = to_float(s[:, y : y + c, x : x + c])
+        g = to_float(t[y : y + c, x : x + c])
+        level = _noise_level_for(noise, rng) if rng is not None else None
+        if level is not None:
+            b = add_noise(b, level, rng)
+        if flips[0]:
+            b, g = b[:, ::-1], g[::-1]
+        if flips[1]:
+            b, g = b[:, :, ::-1], g[:, ::-1]
+        if flips[2]:
+            b, g = b.transpose(0, 2, 1, 3), g.transpose(1, 0, 2)
+        return (
+            np.ascontiguousarray(b.transpose(0, 3, 1, 2), dtype=np.float32),
+            np.ascontiguousarray(g.transpose(2, 0, 1), dtype=np.float32),
+        )
+
+    def batch(self, k: int, batch_size: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``k``: ``(B, N, C, H, W)`` bursts and ``(B, C, H, W)`` targets, from ``(seed, k)`` only."""
+        rng = np.random.default_rng([int(seed), int(k), 1])
+        i = int(rng.choice(len(self.stacks), p=self._weights))
+        y0, y1, x0, x1 = self.regions[i]
+        bursts, gts = [], []
+        for _ in range(int(batch_size)):
+            y = int(rng.integers(y0, y1 - self.crop + 1))
+            x = int(rng.integers(x0, x1 - self.crop + 1))
+            flips = tuple(bool(f) for f in rng.integers(0, 2, 3)) if self.augment else (False, False, False)
+            b, g = self._sample(i, y, x, rng, self.noise, flips)  # type: ignore[arg-type]
+            bursts.append(b)
+            gts.append(g)
+        return np.stack(bursts), np.stack(gts)
+
+    def batches(self, batch_size: int, *, seed: int = 0, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Endless :meth:`batch` es from batch ``start`` on."""
+        k = int(start)
         while True:
-            bursts, gts = [], []
-            k = int(rng.integers(0, len(self.stacks)))
-            for _ in range(batch_size):
-                s, t = self.stacks[k], self.targets[k]
-                y = int(rng.integers(0, t.shape[0] - self.crop + 1))
-                x = int(rng.integers(0, t.shape[1] - self.crop + 1))
-                b = s[:, y : y + self.crop, x : x + self.crop]
-                if self.noise:
-                    b = add_noise(b, sample_noise(rng), rng)
-                bursts.append(b.transpose(0, 3, 1, 2))
-                gts.append(t[y : y + self.crop, x : x + self.crop].transpose(2, 0, 1))
-            yield np.stack(bursts).astype(np.float32), np.stack(gts).astype(np.float32)
+            yield self.batch(k, batch_size, seed=seed)
+            k += 1
+
+    def validation(self, count: int = 16, *, seed: int = 10_000) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Fixed validation pairs: crops on an even grid over every region, noise from ``seed``.
+
+        Noise is drawn as for training (so the score covers denoising too) but from
+        a fixed generator, so every validation sees the same pairs.
+        """
+        c = self.crop
+        spots: list[tuple[int, int, int]] = []
+        for k, (y0, y1, x0, x1) in enumerate(self.regions):
+            ny, nx = -(-(y1 - y0) // c), -(-(x1 - x0) // c)  # ceil: the grid covers the region
+            ys = np.linspace(y0, y1 - c, ny).astype(int)
+            xs = np.linspace(x0, x1 - c, nx).astype(int)
+            spots += [(k, int(y), int(x)) for y in ys for x in xs]
+        if len(spots) > count:  # spread the pairs over all stacks and positions
+            spots = [spots[i] for i in np.linspace(0, len(spots) - 1, count).round().astype(int)]
+        out = []
+        for j, (k, y, x) in enumerate(spots):
+            rng = np.random.default_rng([int(seed), j])
+            out.append(self._sample(k, y, x, rng, self.noise, (False, False, False)))
+        return out
+
+    def split(
+        self, val_fraction: float = 0.2, *, count: int = 16, seed: int = 10_000
+    ) -> tuple["StackCrops", list[tuple[np.ndarray, np.ndarray]], str]:
+        """Hold data out for validation: whole stacks when there are several, else a strip.
+
+        Returns
+        -------
+        train : StackCrops
+            The crops to train on.
+        val : list
+            Validation pairs (see :meth:`validation`) from the held-out part.
+        how : str
+            One line saying what was held out (for the log).
+        """
+        keep = dict(crop=self.crop, noise=self.noise, channels=None, frames=self.frames, augment=self.augment)
+        groups = list(dict.fromkeys(self.names))  # channels split from one stack stay together
+        if len(groups) >= 2:
+            n_val = min(len(groups) - 1, max(1, int(round(val_fraction * len(groups)))))
+            held = set(groups[-n_val:])
+            tr = [i for i, n in enumerate(self.names) if n not in held]
+            va = [i for i, n in enumerate(self.names) if n in held]
+            how = f"validation on {n_val} held-out stack{'s' if n_val > 1 else ''} ({', '.join(sorted(held))})"
+        else:
+            tr = va = list(range(len(self.stacks)))
+            how = ""
+        pick = lambda idx, regions: StackCrops(  # noqa: E731
+            [self.stacks[i] for i in idx], [self.targets[i] for i in idx],
+            names=[self.names[i] for i in idx], regions=regions, **keep,
+        )
+        if how:
+            return pick(tr, [self.regions[i] for i in tr]), pick(va, [self.regions[i] for i in va]).validation(count, seed=seed), how
+        # one stack: the right-hand (or bottom) strip validates, the rest trains
+        c = self.crop
+        tr_regions, va_regions = [], []
+        for y0, y1, x0, x1 in self.regions:
+            wv = max(c, int(round(val_fraction * (x1 - x0))))
+            hv = max(c, int(round(val_fraction * (y1 - y0))))
+            if x1 - x0 - wv >= c:
+                tr_regions.append((y0, y1, x0, x1 - wv))
+                va_regions.append((y0, y1, x1 - wv, x1))
+            elif y1 - y0 - hv >= c:
+                tr_regions.append((y0, y1 - hv, x0, x1))
+                va_regions.append((y1 - hv, y1, x0, x1))
+            else:
+                tr_regions, va_regions = list(self.regions), list(self.regions)
+                break
+        if tr_regions == va_regions:
+            how = "validation on crops of the training stack itself (too small to hold a strip out): optimistic"
+        else:
+            how = "validation on a held-out strip of the stack (right or bottom edge)"
+        return pick(tr, tr_regions), pick(va, va_regions).validation(count, seed=seed), how
+
+
+def _split_channels(s: np.ndarray, t: np.ndarray, channels: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    c = s.shape[3]
+    if channels is None or c == channels:
+        return [(s, t)]
+    if c == 1:
+        return [(np.repeat(s, channels, axis=3), np.repeat(t, channels, axis=2))]
+    if c == 4 and channels == 3:
+        return [(s[..., :3], t[..., :3])]
+    # any other count: each channel is its own gray stack, as the deep fusion methods run them
+    return [(np.repeat(s[..., i : i + 1], channels, axis=3), np.repeat(t[..., i : i + 1], channels, axis=2)) for i in range(c)]
+
+
+def _resample(n_in: int, n: int) -> np.ndarray:
+    # the same indices as models.base.resample_frames, without importing torch here
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.rint(np.linspace(0, n_in - 1, n)).astype(np.int64)
+
+
+def _noise_level_for(noise: object, rng: np.random.Generator) -> NoiseLevel | None:
+    if noise is True:
+        return None if rng.random() < SimConfig.noise_free_fraction else sample_noise(rng)
+    if noise is None or noise is False:
+        return None
+    if isinstance(noise, NoiseLevel):
+        return noise
+    if isinstance(noise, str) and noise in NOISE_PRESETS:
+        return NoiseLevel(*NOISE_PRESETS[noise])
+    raise ValueError(f"noise must be True, False, a NoiseLevel or one of {', '.join(NOISE_PRESETS)}; got {noise!r}")
 
 
 def psnr(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:

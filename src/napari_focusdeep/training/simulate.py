@@ -6,8 +6,10 @@ tests, sample data, benchmarks and pre-training all use it. What it models:
 - layered defocus with occlusion: the scene is cut into depth layers, each layer
   (premultiplied by its mask) is blurred by its own PSF and composited back to
   front, so a blurred foreground spills over a sharp background as in a real lens;
-- PSFs beyond Gaussians: ``"gaussian"``, ``"disk"`` (pillbox) and ``"ring"``
-  (a disc with a bright rim, as spherically aberrated lenses give);
+- PSFs beyond Gaussians: ``"gaussian"``, ``"disk"`` (pillbox), ``"ring"``
+  (a disc with a bright rim, as spherically aberrated lenses give) and ``"donut"``
+  (an annulus: a mirror lens's centrally obstructed pupil; pre-training never
+  uses it, so it is the unseen domain of the fine-tuning benchmark);
 - focus breathing (magnification through the stack), camera shake (shift and
   rotation per frame) and exposure flicker;
 - noise in linear light after Brooks et al., "Unprocessing images" (2019):
@@ -35,6 +37,7 @@ __all__ = [
     "SimulatedStack",
     "NoiseLevel",
     "psf_kernel",
+    "PSF_KINDS",
     "synthetic_scene",
     "random_depth",
     "simulate_stack",
@@ -89,12 +92,20 @@ class SimulatedStack:
 
 
 # -- PSFs ------------------------------------------------------------------------------
+#: Every PSF :func:`psf_kernel` draws.
+PSF_KINDS = ("disk", "gaussian", "ring", "donut")
+#: Diameter of a mirror lens's central obstruction relative to its aperture.
+DONUT_OBSTRUCTION = 0.5
+
+
 def psf_kernel(radius: float, kind: str = "disk") -> np.ndarray:
     """A normalised defocus PSF of blur radius ``radius`` pixels.
 
     ``"gaussian"`` uses sigma = radius / 2; ``"disk"`` is an anti-aliased pillbox;
     ``"ring"`` is a pillbox whose rim carries extra energy (over-corrected
-    spherical aberration, the "soap bubble" bokeh).
+    spherical aberration, the "soap bubble" bokeh); ``"donut"`` is an annulus whose
+    hole is half its diameter, the defocus PSF of a catadioptric (mirror) lens
+    with its central obstruction.
     """
     radius = float(radius)
     if radius < 0.5:
@@ -117,8 +128,10 @@ def psf_kernel(radius: float, kind: str = "disk") -> np.ndarray:
     disk = (rr <= radius).astype(np.float32)
     if kind == "ring":
         disk *= 1.0 + 2.0 * np.clip((rr - 0.7 * radius) / (0.3 * radius), 0, 1)
+    elif kind == "donut":
+        disk *= (rr >= DONUT_OBSTRUCTION * radius).astype(np.float32)
     elif kind != "disk":
-        raise ValueError(f"unknown PSF {kind!r}; choose gaussian, disk or ring")
+        raise ValueError(f"unknown PSF {kind!r}; choose one of {', '.join(PSF_KINDS)}")
     size = 2 * half + 1
     k = disk.reshape(size, ss, size, ss).mean(axis=(1, 3))
     return (k / k.sum()).astype(np.float32)
@@ -370,7 +383,7 @@ def simulate_stack(
     depth : ndarray
         ``(H, W)`` in [0, 1]; frame ``i`` focuses at ``i / (n_frames - 1)``.
     n_frames : int
-    psf : {"disk", "gaussian", "ring"}
+    psf : {"disk", "gaussian", "ring", "donut"}
     max_blur : float
         Blur radius in pixels of a pixel one full stack depth out of focus.
     breathing : float

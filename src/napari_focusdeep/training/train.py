@@ -26,19 +26,30 @@ import torch
 import torch.nn.functional as F
 
 from ._args import add_train_arguments
-from .data import SimConfig, psnr, simulated_pair, validation_set
+from .data import SimConfig, StackCrops, load_training_folder, psnr, simulated_pair, validation_set
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train", "l1_border_loss", "main"]
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (saved with every checkpoint)."""
+    """Everything that defines a training run (saved with every checkpoint).
+
+    ``data`` names a lab's folder of stacks (see :mod:`.folder`); without it the
+    run trains on simulated bursts. ``init_weights``: ``"auto"`` starts from the
+    architecture's shipped weights when training on one's own data (fine-tuning)
+    and from scratch on simulated data; ``None``/``"none"`` always from scratch; a
+    path or installed name from those weights. ``clock`` is what ``minutes``
+    counts: ``"wall"`` time, or ``"cpu"`` time of this process (all its threads;
+    a shared machine's load does not shrink it). ``freeze`` names top-level
+    modules (e.g. ``("extract", "align")``) whose weights stay fixed.
+    """
 
     architecture: str = "focusdeep-any"
     model: dict[str, Any] = field(default_factory=dict)
     steps: int = 1000
     minutes: float | None = None
+    clock: str = "wall"
     batch_size: int = 8
     lr: float = 2e-4
     min_lr: float = 1e-6
@@ -47,6 +58,7 @@ class TrainConfig:
     border: int = 4
     val_every: int = 100
     val_count: int = 16
+    val_fraction: float = 0.2
     patience: int | None = None
     seed: int = 0
     crop: int = 128
@@ -54,21 +66,31 @@ class TrainConfig:
     fixed_frames: int | None = None
     noise: bool = True
     workers: int = 0
-    init_weights: str | None = None
+    init_weights: str | None = "auto"
+    freeze: tuple[str, ...] = ()
     device: str = "auto"
+    data: str | None = None
+    pseudo_gt: str | None = None
+    reference: str = "middle"
+    register: bool = True
 
 
 @dataclass(frozen=True)
 class TrainProgress:
+    """After each step: ``loss`` is a running average (0.98 decay), ``step_loss`` this step's."""
+
     step: int
     total: int
     loss: float
     val_psnr: float | None = None
     message: str = ""
+    step_loss: float | None = None
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns; ``stopped`` is "steps", "time", "stopped", "early-stop" or "data"."""
+
     step: int
     best_psnr: float | None
     history: list[dict[str, Any]]
@@ -184,13 +206,80 @@ def classical_baseline(val: list, method: str = "pyramid", border: int = 4) -> f
     return float(np.mean(scores))
 
 
+class _CropBatches(torch.utils.data.Dataset):
+    """Batch ``k`` of a lab's crops (:meth:`StackCrops.batch`): as resumable as simulated ones."""
+
+    def __init__(self, crops: StackCrops, cfg: TrainConfig, total: int) -> None:
+        self.crops, self.cfg, self.total = crops, cfg, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        burst, target = self.crops.batch(int(k), self.cfg.batch_size, seed=self.cfg.seed)
+        return torch.from_numpy(burst), torch.from_numpy(target)
+
+
+def _resolve_init(cfg: TrainConfig, own_data: bool, say: Callable[[str], None]) -> Path | None:
+    """The weights a run starts from (see :class:`TrainConfig`), or None for scratch."""
+    from ..models.weights import WeightsNotFoundError, default_weights, resolve_weights
+
+    init = cfg.init_weights
+    if init is None or str(init).lower() in ("", "none", "scratch"):
+        return None
+    if init == "auto":
+        if not own_data:
+            return None
+        try:
+            path = default_weights(cfg.architecture)
+        except WeightsNotFoundError:
+            say(f"no shipped {cfg.architecture} weights: training from scratch")
+            return None
+        from ..models.weights import read_config
+
+        shipped = read_config(path)["kwargs"]
+        clash = {k: v for k, v in cfg.model.items() if k in shipped and shipped[k] != v}
+        if clash:
+            say(f"the shipped {path.name} has another size than asked ({clash}): training from scratch")
+            return None
+        say(f"fine-tuning from the shipped weights {path.name} (init none trains from scratch)")
+        return path
+    path = resolve_weights(init)  # refuses pickles (.pt, .pth, .ckpt) before touching them
+    say(f"starting from {path}")
+    return path
+
+
+def _apply_freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+    if not prefixes:
+        return
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            top = sorted({n.split(".", 1)[0] for n in names})
+            raise ValueError(f"nothing to freeze named {prefix!r}; this network's parts are {', '.join(top)}")
+    for n, p in model.named_parameters():
+        if any(n == pre or n.startswith(pre + ".") for pre in prefixes):
+            p.requires_grad_(False)
+
+
+def _make_bar(total: int, initial: int) -> Any:
+    """A tqdm bar on a terminal; None elsewhere (logs, widgets, tests)."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+
 # -- the loop --------------------------------------------------------------------------
 def train(
     cfg: TrainConfig,
     out_dir: str | Path,
     *,
     resume: bool = True,
-    batches: Iterator[tuple[np.ndarray, np.ndarray]] | None = None,
+    batches: Iterator[tuple[np.ndarray, np.ndarray]] | StackCrops | None = None,
     val: list | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     stop: threading.Event | None = None,
@@ -201,53 +290,135 @@ def train(
     Parameters
     ----------
     cfg : TrainConfig
+        With ``cfg.data`` set, trains on that folder of stacks (registered, with
+        their ground truths or pseudo ground truths made by ``cfg.pseudo_gt``).
     out_dir : path
         Receives ``checkpoint.safetensors/.json`` (every validation), ``log.jsonl``,
-        and the best weights as ``<architecture>.safetensors`` + ``.json`` in the
-        shipped-weights format.
+        ``pseudo_gt/`` (pseudo ground truths made for the run, to inspect), and the
+        best weights as ``<architecture>.safetensors`` + ``.json`` in the
+        shipped-weights format. When starting from weights, those are scored
+        first and count as the best so far: the written weights are never worse
+        on validation than the ones the run started from.
     resume : bool
-        Continue from ``out_dir/checkpoint.safetensors`` when it exists.
-    batches : iterator, optional
-        ``(burst (B,N,C,H,W), target (B,C,H,W))`` numpy batches (a lab's data);
-        default: simulated bursts seeded per step.
+        Continue from ``out_dir/checkpoint.safetensors`` when it exists; otherwise
+        a fresh run (its checkpoint, log and weights replace the old ones).
+    batches : StackCrops or iterator, optional
+        A lab's crops (:class:`~.data.StackCrops`; batch ``k`` then depends only on
+        ``(cfg.seed, k)``, so resuming is exact), or any iterator of
+        ``(burst (B,N,C,H,W), target (B,C,H,W))`` numpy batches (consumed from its
+        start on every call). Default: ``cfg.data``, else simulated bursts.
     val : list, optional
-        Validation pairs; default: ``cfg.val_count`` simulated pairs from held-out seeds.
+        Validation pairs. Default: held out of the lab's crops (whole stacks, or a
+        strip of a single stack), else ``cfg.val_count`` simulated pairs from
+        held-out seeds.
     progress : callable, optional
         Called with :class:`TrainProgress` after every step.
     stop : threading.Event, optional
         When set, the run saves a checkpoint at the next step and returns.
+    log : callable, optional
+        Receives the run's messages (default: standard error).
     """
     from ..models import build_model
-    from ..models.weights import load_model_weights, save_weights
+    from ..models.weights import load_model_weights, read_config, save_weights
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda s: print(s, file=sys.stderr))
+    bar = _make_bar(cfg.steps, 0) if (progress is None and log is None) else None
+    say = log or (lambda s: (bar.write(s, file=sys.stderr) if bar is not None else print(s, file=sys.stderr)))
+    if cfg.clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', not {cfg.clock!r}")
+    clock = time.monotonic if cfg.clock == "wall" else time.process_time
     torch.manual_seed(cfg.seed)
     device = _pick_device(cfg.device)
     amp = device.type == "cuda"
-    model = build_model(cfg.architecture, **cfg.model).to(device)
-    if cfg.init_weights:
-        load_model_weights(model, cfg.init_weights)
-        say(f"initialised from {cfg.init_weights}")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+
+    # the data: a lab's folder, crops or batches given by the caller, or the simulator
+    crops: StackCrops | None = batches if isinstance(batches, StackCrops) else None
+    if crops is not None:
+        batches = None
+    folder = None
+    if cfg.data and crops is None and batches is None:
+        say(f"reading and registering the stacks in {cfg.data} ...")
+        try:
+            folder = load_training_folder(
+                cfg.data, pseudo_gt=cfg.pseudo_gt, reference=cfg.reference, register=cfg.register, log=say, cancel=stop
+            )
+        except InterruptedError:
+            say("stopped while reading the data; nothing trained")
+            if bar is not None:
+                bar.close()
+            return TrainResult(0, None, [], out, None, "stopped")
+        say(f"training data: {folder.describe()}")
+    own_data = folder is not None or crops is not None or batches is not None
+    init = _resolve_init(cfg, own_data, say)
+    model_kwargs = dict(cfg.model)
+    if init is not None:
+        wcfg = read_config(init)
+        if wcfg["architecture"] != cfg.architecture:
+            raise ValueError(f"{init.name} holds a {wcfg['architecture']} network, not {cfg.architecture}")
+        model_kwargs = {**dict(wcfg["kwargs"]), **model_kwargs}  # the weights fix the size
+    model = build_model(cfg.architecture, **model_kwargs).to(device)
+    n_fixed = getattr(model, "config", {}).get("n_frames")
+    if init is not None:
+        load_model_weights(model, init)
+    _apply_freeze(model, tuple(cfg.freeze))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.999))
+
+    if folder is not None:
+        crops = folder.crops(crop=cfg.crop, noise=cfg.noise, channels=model.config.get("in_channels", 3))
+        if any(folder.pseudo):
+            gt_dir = out / "pseudo_gt"
+            from ..io import write_image
+
+            for name, target, made in zip(folder.names, folder.targets, folder.pseudo):
+                if made:
+                    write_image(gt_dir / f"{name}.tif", target, overwrite=True)  # the run's own files
+            say(f"pseudo ground truths written to {gt_dir} for inspection")
+    if crops is not None:
+        if n_fixed and crops.frames is None:
+            crops.frames = int(n_fixed)
+            say(f"{cfg.architecture} takes {n_fixed} frames: bursts are resampled to {n_fixed}")
+        if val is None:
+            crops, val, how = crops.split(cfg.val_fraction, count=cfg.val_count)
+            say(how)
+
     ckpt = out / "checkpoint.safetensors"
-    step, best, history, elapsed_before = 0, None, [], 0.0
+    step, best, history, elapsed_before, clock_before, bad_vals = 0, None, [], 0.0, 0.0, 0
     if resume and ckpt.exists():
         meta = load_checkpoint(ckpt, model, opt)
+        saved_arch = meta.get("config", {}).get("architecture", cfg.architecture)
+        if saved_arch != cfg.architecture:
+            raise ValueError(f"{ckpt} is a {saved_arch} run, not {cfg.architecture}; use another folder or --no-resume")
         step, best, history = meta["step"], meta.get("best_psnr"), meta.get("history", [])
         elapsed_before = meta.get("elapsed", 0.0)
+        clock_before = meta.get("clock_elapsed", elapsed_before)
+        bad_vals = int(meta.get("bad_vals", 0))
         say(f"resumed from step {step}")
     sim = SimConfig(crop=cfg.crop, frames=tuple(cfg.frames), noise=cfg.noise)
     if val is None:
         val = validation_set(cfg.val_count, sim, fixed_frames=cfg.fixed_frames)
+    wcfg_extra = {"init": str(init.name) if init is not None else None}
+    if folder is not None:
+        wcfg_extra["data"] = f"{cfg.data}: {folder.describe()}"
+        wcfg_extra["sources"] = folder.sources
+    elif own_data:
+        wcfg_extra["data"] = "the caller's own stacks"
     if not history:
         base = classical_baseline(val, border=cfg.border)
-        history.append({"step": 0, "pyramid_val_psnr": base})
+        rec: dict[str, Any] = {"step": 0, "pyramid_val_psnr": base}
         say(f"validation: {len(val)} held-out bursts; the pyramid method scores {base:.2f} dB on them")
+        if init is not None:
+            # the starting point is the bar: a fine-tune that never beats it writes these weights back
+            best = rec["val_psnr"] = _validate(model, val, device, amp, cfg.border)
+            say(f"the starting weights score {best:.2f} dB")
+            save_weights(model, out / f"{cfg.architecture}.safetensors", _weights_config(cfg, model, 0, best, [rec], wcfg_extra))
+        history.append(rec)
+    loader_total = max(cfg.steps, step)
     if batches is None:
+        dataset = _CropBatches(crops, cfg, loader_total) if crops is not None else _SimBatches(cfg, sim, loader_total)
         loader = torch.utils.data.DataLoader(
-            _SimBatches(cfg, sim, cfg.steps),
+            dataset,
             batch_size=None,
             sampler=range(step, cfg.steps),
             num_workers=cfg.workers,
@@ -257,29 +428,35 @@ def train(
         )
         source: Iterator = iter(loader)
     else:
-        source = ((torch.from_numpy(b), torch.from_numpy(t)) for b, t in batches)
+        source = ((torch.from_numpy(np.ascontiguousarray(b)), torch.from_numpy(np.ascontiguousarray(t))) for b, t in batches)
     n_params = sum(p.numel() for p in model.parameters())
-    say(f"training {cfg.architecture} ({n_params / 1e6:.2f} M parameters) on {device}, batch {cfg.batch_size}, crop {cfg.crop}")
-    start = time.monotonic()
+    frozen = f", {sum(p.numel() for p in trainable) / 1e6:.2f} M trainable" if cfg.freeze else ""
+    say(f"training {cfg.architecture} ({n_params / 1e6:.2f} M parameters{frozen}) on {device}, batch {cfg.batch_size}, crop {cfg.crop}")
+    start, start_clock = time.monotonic(), clock()
     budget = cfg.minutes * 60 if cfg.minutes else None
     loss_ema = None
     stopped = "steps"
-    bad_vals = 0
     model.train()
+    if bar is not None:
+        bar.reset(total=cfg.steps)
+        bar.update(step)
+
+    def used() -> float:
+        """Seconds of the budget's clock spent, this session and before."""
+        return clock_before + clock() - start_clock
 
     def checkpoint() -> None:
         save_checkpoint(ckpt, model, opt, {
-            "step": step, "best_psnr": best, "history": history, "config": asdict(cfg),
-            "elapsed": elapsed_before + time.monotonic() - start,
+            "step": step, "best_psnr": best, "history": history, "config": asdict(cfg), "bad_vals": bad_vals,
+            "elapsed": elapsed_before + time.monotonic() - start, "clock_elapsed": used(),
         })
 
-    with open(out / "log.jsonl", "a") as logf:
+    with open(out / "log.jsonl", "a" if step else "w") as logf:
         while step < cfg.steps:
             if stop is not None and stop.is_set():
                 stopped = "stopped"
                 break
-            elapsed = elapsed_before + time.monotonic() - start
-            if budget is not None and elapsed >= budget:
+            if budget is not None and used() >= budget:
                 stopped = "time"
                 break
             try:
@@ -289,7 +466,7 @@ def train(
                 break
             burst = burst.to(device, non_blocking=True)
             target = target.to(device, non_blocking=True)
-            fraction = elapsed / budget if budget else step / max(cfg.steps, 1)
+            fraction = used() / budget if budget else step / max(cfg.steps, 1)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, fraction)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -298,7 +475,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
             opt.step()
             step += 1
             lv = float(loss.detach())
@@ -308,21 +485,29 @@ def train(
                 vp = _validate(model, val, device, amp, cfg.border)
                 rec = {"step": step, "loss": loss_ema, "val_psnr": vp, "lr": opt.param_groups[0]["lr"],
                        "elapsed": round(elapsed_before + time.monotonic() - start, 1)}
+                if cfg.clock == "cpu":
+                    rec["cpu_s"] = round(used(), 1)
                 history.append(rec)
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 say(f"step {step}: loss {loss_ema:.4f}  val PSNR {vp:.2f} dB")
                 if best is None or vp > best:
                     best, bad_vals = vp, 0
-                    save_weights(model, out / f"{cfg.architecture}.safetensors", _weights_config(cfg, model, step, best, history))
+                    save_weights(model, out / f"{cfg.architecture}.safetensors", _weights_config(cfg, model, step, best, history, wcfg_extra))
                 else:
                     bad_vals += 1
                 checkpoint()
                 if cfg.patience and bad_vals >= cfg.patience:
                     stopped = "early-stop"
+                    say(f"early stop: no gain in {bad_vals} validations")
                     break
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_ema:.4f}")
             if progress is not None:
-                progress(TrainProgress(step, cfg.steps, loss_ema, vp))
+                progress(TrainProgress(step, cfg.steps, loss_ema, vp, step_loss=lv))
+    if bar is not None:
+        bar.close()
     # final validation + checkpoint so a stop or time-out never loses work
     if history[-1]["step"] != step:
         vp = _validate(model, val, device, amp, cfg.border) if step else None
@@ -330,30 +515,42 @@ def train(
             history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "elapsed": round(elapsed_before + time.monotonic() - start, 1)})
             if best is None or vp > best:
                 best = vp
-                save_weights(model, out / f"{cfg.architecture}.safetensors", _weights_config(cfg, model, step, best, history))
+                save_weights(model, out / f"{cfg.architecture}.safetensors", _weights_config(cfg, model, step, best, history, wcfg_extra))
     checkpoint()
+    if init is not None and best is not None and history and history[0].get("val_psnr") == best and step:
+        say("no validation beat the starting weights: the written weights are the starting ones")
     if device.type == "cuda":
         torch.cuda.empty_cache()
     weights = out / f"{cfg.architecture}.safetensors"
     return TrainResult(step, best, history, out, weights if weights.exists() else None, stopped)
 
 
-def _weights_config(cfg: TrainConfig, model: torch.nn.Module, step: int, best: float | None, history: list) -> dict[str, Any]:
+def _weights_config(
+    cfg: TrainConfig, model: torch.nn.Module, step: int, best: float | None, history: list, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    extra = dict(extra or {})
+    data = extra.pop("data", None) or (
+        "simulated focus brackets (napari_focusdeep.training.simulate), procedural + scikit-image photos, Brooks noise"
+        if cfg.noise else "simulated, noise-free"
+    )
     return {
         "architecture": cfg.architecture,
         "kwargs": dict(cfg.model),
         "input": "rgb",
         "training": {
-            "data": "simulated focus brackets (napari_focusdeep.training.simulate), procedural + scikit-image photos, Brooks noise" if cfg.noise else "simulated, noise-free",
+            "data": data,
+            "noise_injected": bool(cfg.noise),
             "steps": step,
             "batch_size": cfg.batch_size,
             "crop": cfg.crop,
             "frames": list(cfg.frames) if not cfg.fixed_frames else [cfg.fixed_frames, cfg.fixed_frames],
             "lr": cfg.lr,
             "seed": cfg.seed,
+            "freeze": list(cfg.freeze),
             "val_psnr": best,
             "device": str(next(model.parameters()).device),
             "elapsed_s": history[-1].get("elapsed") if history else None,
+            **extra,
         },
     }
 
@@ -366,15 +563,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    model = json.loads(a.model)
+    """The :class:`TrainConfig` of parsed ``focusdeep train`` arguments."""
+    try:
+        model = json.loads(a.model)
+    except ValueError as exc:
+        raise ValueError(f"--model takes JSON, e.g. '{{\"features\": 32}}' ({exc})") from None
     if a.fixed_frames and a.architecture in ("focusdeep", "unet"):
         model.setdefault("n_frames", a.fixed_frames)
+    data = getattr(a, "data", None)
+    pseudo = getattr(a, "pseudo_gt", "none")
+    if pseudo not in (None, "none") and not data:
+        raise ValueError("--pseudo-gt applies to --data (a folder of your own stacks)")
+    freeze = tuple(x.strip() for x in (getattr(a, "freeze", None) or "").split(",") if x.strip())
     return TrainConfig(
         architecture=a.architecture, model=model, steps=a.steps, minutes=a.minutes, batch_size=a.batch_size,
         lr=a.lr, schedule=a.schedule, crop=a.crop, frames=tuple(a.frames), fixed_frames=a.fixed_frames,
         noise=not a.no_noise, val_every=a.val_every, val_count=a.val_count, patience=a.patience,
-        workers=a.workers, init_weights=a.init, device=a.device, seed=a.seed,
+        workers=a.workers, init_weights=a.init if a.init is not None else "auto", device=a.device, seed=a.seed,
+        data=str(data) if data else None, pseudo_gt=None if pseudo in (None, "none") else pseudo,
+        reference=_reference_arg(getattr(a, "reference", "middle")), register=not getattr(a, "no_register", False),
+        clock=getattr(a, "clock", "wall"), freeze=freeze,
     )
+
+
+def _reference_arg(value: str) -> str | int:
+    return int(value) if str(value).lstrip("-").isdigit() else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
