@@ -13,7 +13,6 @@ Usage: ``python -m benchmarks.model_table [--out benchmarks/results/models.json]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence

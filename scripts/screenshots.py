@@ -101,12 +101,14 @@ def fuse_deep(viewer, out: Path, stack_name: str) -> None:
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fuse")
     widget.method_combo.setCurrentText("focusdeep-any")
     _wait(lambda: _weights.device_info() is not None)
+    before = {layer.name for layer in viewer.layers}
     widget.fuse_layer(viewer.layers[stack_name])
     _wait(lambda: not widget.is_running)
-    name = f"{stack_name} all-in-focus"
-    if name not in viewer.layers:
-        raise RuntimeError(f"deep Fuse did not add '{name}': {widget.status.text()}")
-    layer = viewer.layers[name]
+    # napari suffixes a name already taken (by the pyramid result) with " [1]"
+    added = [layer for layer in viewer.layers if layer.name not in before and "all-in-focus" in layer.name]
+    if not added:
+        raise RuntimeError(f"deep Fuse added no all-in-focus layer: {widget.status.text()}")
+    layer = added[0]
     layer.name = f"{stack_name} all-in-focus (focusdeep-any)"
     _show_only(viewer, layer.name)
     viewer.reset_view()
@@ -124,6 +126,9 @@ def train_shot(viewer, out: Path, stack_name: str, steps: int, val_points: int) 
 
     from napari_focusdeep._napari import _weights
 
+    for layer in list(viewer.layers):  # the sample's own three layers only, for a clear list
+        if layer.name not in (stack_name, "true depth", "ground truth (sharp)"):
+            viewer.layers.remove(layer)
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
     with tempfile.TemporaryDirectory(prefix="focusdeep-shot-") as tmp:
         # keep the documentation run out of the user's weights folder
