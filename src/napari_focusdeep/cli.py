@@ -525,7 +525,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     # one plain line per warning, instead of Python's "path:line: Category: ...\n  source"
-    print(f"focusdeep: warning: {_one_line(message) if isinstance(message, BaseException) else ' '.join(str(message).split())}", file=sys.stderr)
+    print(f"focusdeep: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
