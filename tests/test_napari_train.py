@@ -68,10 +68,11 @@ def _deep_fuse_widget(viewer, qtbot, method="focusdeep-any"):
     return dock, fw
 
 
-def _tiny_train_widget(viewer, steps=2, val_every=1):
+def _tiny_train_widget(viewer, steps=2, val_every=1, register=False):
     from napari_focusdeep._napari._train import PYRAMID_GT
 
     _, tw = _widget(viewer, "Train")
+    tw.register_check.setChecked(register)  # the simulated frames are aligned; saves time
     tw.model_kwargs = dict(TINY)
     tw.init_combo.setCurrentIndex(tw.init_combo.count() - 1)  # random initialisation
     tw.steps_spin.setValue(steps)
@@ -208,7 +209,7 @@ def test_train_widget_trains_and_fuse_lists_the_weights(make_napari_viewer, qtbo
     assert cfg["model"] == read_config(shipped)["kwargs"]
     assert tw.out_dir.parent == user_data / "weights"
 
-    tw = _tiny_train_widget(viewer)
+    tw = _tiny_train_widget(viewer, register=True)
     assert tw.train_config()["init_weights"] is None and tw.train_config()["model"] == TINY
     run_name = tw.run_edit.text()
     tw.train_button.click()
