@@ -6,11 +6,13 @@ What it does, end to end through the user-facing paths:
 
 1. renders ``--train-stacks`` focus stacks with ``--psf`` (training photo sources
    and procedural scenes, seeds 0, 1, ...) as a lab's folder: 16-bit PNG frames and
-   ``ground_truth.tif`` per sub-folder, low noise (noise is injected on the fly, as
-   for a lab's low-noise stacks) with focus breathing and shake, so the loader's
+   ``ground_truth.tif`` per sub-folder, low noise (``--inject`` adds noise on the fly,
+   as for a lab's low-noise stacks) with focus breathing and shake, so the loader's
    registration has work to do;
 2. renders ``--held-out`` stacks the same way but from other scenes (held-out
-   photo sources, seeds from 50 000) with Brooks et al. random noise baked in;
+   photo sources, seeds from 50 000) with ``--noise`` baked in (default: a random
+   Brooks et al. level per stack; ``low``/``medium``/``high``: a lab's fixed camera
+   setting);
 3. scores the shipped ``focusdeep-any`` and ``pyramid`` on them with
    ``fuse(..., register=True)``, PSNR against the ground truth over the region every
    registered frame covers (less an 8-pixel border), and the shipped model on the
@@ -93,12 +95,12 @@ def write_lab_folder(folder: Path, seeds: Sequence[int], *, psf: str, size: int,
     return folder
 
 
-def held_out(n: int, *, psf: str, size: int, frames: int) -> list[Any]:
-    """Held-out stacks: other scenes and photos, random Brooks noise baked in."""
+def held_out(n: int, *, psf: str, size: int, frames: int, noise: str = "random") -> list[Any]:
+    """Held-out stacks: other scenes and photos, ``noise`` baked in (random: Brooks et al.)."""
     from napari_focusdeep.training.data import HELD_OUT_SOURCES
 
     return [
-        render_stack(HELD_OUT_SEED + i, psf=psf, size=size, frames=frames, photos=HELD_OUT_SOURCES, noise="random")
+        render_stack(HELD_OUT_SEED + i, psf=psf, size=size, frames=frames, photos=HELD_OUT_SOURCES, noise=noise)
         for i in range(n)
     ]
 
@@ -134,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--freeze", default="extract,align", help="parts kept fixed ('' trains everything)")
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument(
+        "--noise", default="random", choices=["random", "low", "medium", "high"],
+        help="noise of the held-out stacks: random Brooks levels, or a lab's fixed camera setting",
+    )
+    ap.add_argument(
+        "--inject", default="random", choices=["random", "none", "low", "medium", "high"],
+        help="noise injected into the (low-noise) training crops on the fly",
+    )
     ap.add_argument("--pseudo-gt", default="none", choices=["none", "pyramid"], help="train on pyramid pseudo-GT instead of the true one")
     ap.add_argument("--work", default=None, help="folder for the rendered data and the run (default: a temporary one)")
     ap.add_argument("--quick", action="store_true", help="a 1-minute version (3 + 3 stacks)")
@@ -155,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"rendering {a.train_stacks} training stacks ({a.psf} PSF) into {work / 'data'}")
     write_lab_folder(work / "data", range(a.train_stacks), psf=a.psf, size=a.size, frames=a.frames, ground_truth=a.pseudo_gt == "none")
     say(f"rendering {a.held_out} held-out stacks")
-    test = held_out(a.held_out, psf=a.psf, size=a.size, frames=a.frames)
-    test_known = held_out(a.held_out, psf="disk", size=a.size, frames=a.frames)
+    test = held_out(a.held_out, psf=a.psf, size=a.size, frames=a.frames, noise=a.noise)
+    test_known = held_out(a.held_out, psf="disk", size=a.size, frames=a.frames, noise=a.noise)
     shipped = str(default_weights("focusdeep-any"))
     say("scoring the shipped weights and pyramid")
     before = score(test, "focusdeep-any", shipped)
@@ -166,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"held-out {a.psf}: shipped {before:.2f} dB, pyramid {pyramid:.2f} dB; same scenes with the disk PSF: shipped {before_known:.2f} dB")
     cfg = TrainConfig(
         architecture="focusdeep-any", steps=100_000, minutes=a.minutes, clock="cpu", batch_size=a.batch_size,
-        lr=a.lr, min_lr=a.lr / 20, crop=a.crop, val_every=a.val_every, val_count=8, noise=True, device="cpu",
+        lr=a.lr, min_lr=a.lr / 20, crop=a.crop, val_every=a.val_every, val_count=8, device="cpu",
+        noise={"random": True, "none": False}.get(a.inject, a.inject),
         data=str(work / "data"), pseudo_gt=None if a.pseudo_gt == "none" else a.pseudo_gt,
         freeze=tuple(x for x in a.freeze.split(",") if x), seed=0,
     )
@@ -183,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "size": a.size,
         "frames": a.frames,
         "pseudo_gt": a.pseudo_gt,
+        "held_out_noise": a.noise,
+        "injected_noise": a.inject,
         "psnr_before": round(before, 2),
         "psnr_after": round(after, 2),
         "gain_db": round(after - before, 2),

@@ -97,9 +97,11 @@ def table(data: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.model_table", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "models.json")
-    ap.add_argument("--quick", action="store_true", help="accepted for `python -m benchmarks --quick`; the table is quick already")
+    ap.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/models[-quick].json)")
+    ap.add_argument("--quick", action="store_true",
+                    help="same table (it is quick already), written to models-quick.json like the other quick results")
     args = ap.parse_args(argv)
+    args.out = args.out or RESULTS_DIR / ("models-quick.json" if args.quick else "models.json")
     data = rows()
     text = table(data)
     write_json(args.out, {"benchmark": "model_table", "command": "python -m benchmarks.model_table",

@@ -184,6 +184,8 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
         groups[f"noise={level}"] = [r for r in records if r["spec"]["noise"] == level]
     groups["gray"] = [r for r in records if r["spec"]["channels"] == 1]
     groups["rgb"] = [r for r in records if r["spec"]["channels"] == 3]
+    groups["held-out pictures"] = [r for r in records if not r["spec"]["source"].startswith("procedural:")]
+    groups["procedural"] = [r for r in records if r["spec"]["source"].startswith("procedural:")]
     groups["breathing"] = [r for r in records if r["spec"]["breathing"] > 0]
     groups["no breathing"] = [r for r in records if r["spec"]["breathing"] == 0]
     out: dict[str, Any] = {}

@@ -67,7 +67,7 @@ def test_quality_run_scores_fusion_above_a_single_frame(tmp_path):
 
 def test_summary_and_targets_from_known_numbers():
     def rec(noise, pyr, lap, deep):
-        return {"spec": {"noise": noise, "channels": 3, "breathing": 0.0},
+        return {"spec": {"noise": noise, "channels": 3, "breathing": 0.0, "source": "camera"},
                 "results": {"pyramid": {"psnr": pyr, "ssim": 0.5, "seconds": 1.0},
                             "laplacian": {"psnr": lap, "ssim": 0.5, "seconds": 1.0},
                             "focusdeep-any": {"psnr": deep, "ssim": 0.5, "seconds": 9.0},

@@ -169,6 +169,11 @@ def test_focusdeep_train_cli_writes_weights_fuse_accepts(tmp_path, capsys):
     weights = out / "focusdeep-any.safetensors"
     assert weights.exists() and (out / "log.jsonl").read_text().count("\n") == 2
     sim = sample_stack((48, 64), 4, noise=None, seed=1)
+    # options that only make sense with --data are refused with one line
+    for extra in (["--pseudo-gt", "pyramid"], ["--noise-level", "low"]):
+        assert main(["train", "-o", str(tmp_path / "x"), *extra]) == 2
+        assert "--data" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     res = fuse(sim.frames, method="focusdeep-any", weights=str(weights), register=False, device="cpu")
     assert res.image.shape == sim.frames.shape[1:] and res.image.dtype == sim.frames.dtype
 
@@ -285,6 +290,15 @@ def test_donut_psf_is_an_annulus():
     sharp, depth = synthetic_scene((48, 48), seed=0)
     sim = simulate_stack(sharp, depth, 3, psf="donut", seed=0)
     assert sim.frames.shape == (3, 48, 48, 3)
+
+
+def test_thin_annulus_falls_back_to_a_disc(monkeypatch):
+    import napari_focusdeep.training.simulate as simulate
+
+    monkeypatch.setattr(simulate, "DONUT_OBSTRUCTION", 0.8)
+    for r in (0.5, 0.6, 1.0, 1.5):
+        k = psf_kernel(r, "donut")
+        assert np.isfinite(k).all() and abs(k.sum() - 1) < 1e-5
 
 
 def test_finetune_starts_from_the_shipped_weights_and_never_writes_worse(tmp_path):

@@ -37,6 +37,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, nargs=2, default=(4, 16), metavar=("MIN", "MAX"))
     p.add_argument("--fixed-frames", type=int, default=None, help="fixed burst length (the focusdeep and unet models)")
     p.add_argument("--no-noise", action="store_true", help="train without injected noise")
+    p.add_argument(
+        "--noise-level", default="random", choices=["random", "low", "medium", "high"],
+        help="noise injected into --data crops: a random level per crop (default) or your camera's fixed one",
+    )
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--val-count", type=int, default=16)
     p.add_argument("--patience", type=int, default=None, help="early stop after this many validations without gain")

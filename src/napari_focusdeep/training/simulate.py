@@ -134,6 +134,8 @@ def psf_kernel(radius: float, kind: str = "disk") -> np.ndarray:
         raise ValueError(f"unknown PSF {kind!r}; choose one of {', '.join(PSF_KINDS)}")
     size = 2 * half + 1
     k = disk.reshape(size, ss, size, ss).mean(axis=(1, 3))
+    if not k.sum() > 0:  # an annulus thinner than the supersampling: the disc is the best guess
+        return psf_kernel(radius, "disk")
     return (k / k.sum()).astype(np.float32)
 
 

@@ -42,7 +42,9 @@ class TrainConfig:
     path or installed name from those weights. ``clock`` is what ``minutes``
     counts: ``"wall"`` time, or ``"cpu"`` time of this process (all its threads;
     a shared machine's load does not shrink it). ``freeze`` names top-level
-    modules (e.g. ``("extract", "align")``) whose weights stay fixed.
+    modules (e.g. ``("extract", "align")``) whose weights stay fixed. ``noise``:
+    inject sensor noise on the fly (``True``: a random Brooks et al. level per
+    crop); for one's own data also a fixed level, ``"low"``, ``"medium"`` or ``"high"``.
     """
 
     architecture: str = "focusdeep-any"
@@ -64,7 +66,7 @@ class TrainConfig:
     crop: int = 128
     frames: tuple[int, int] = (4, 16)
     fixed_frames: int | None = None
-    noise: bool = True
+    noise: bool | str = True
     workers: int = 0
     init_weights: str | None = "auto"
     freeze: tuple[str, ...] = ()
@@ -395,7 +397,7 @@ def train(
         clock_before = meta.get("clock_elapsed", elapsed_before)
         bad_vals = int(meta.get("bad_vals", 0))
         say(f"resumed from step {step}")
-    sim = SimConfig(crop=cfg.crop, frames=tuple(cfg.frames), noise=cfg.noise)
+    sim = SimConfig(crop=cfg.crop, frames=tuple(cfg.frames), noise=bool(cfg.noise))
     if val is None:
         val = validation_set(cfg.val_count, sim, fixed_frames=cfg.fixed_frames)
     wcfg_extra = {"init": str(init.name) if init is not None else None}
@@ -539,7 +541,7 @@ def _weights_config(
         "input": "rgb",
         "training": {
             "data": data,
-            "noise_injected": bool(cfg.noise),
+            "noise_injected": cfg.noise,
             "steps": step,
             "batch_size": cfg.batch_size,
             "crop": cfg.crop,
@@ -578,12 +580,21 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         architecture=a.architecture, model=model, steps=a.steps, minutes=a.minutes, batch_size=a.batch_size,
         lr=a.lr, schedule=a.schedule, crop=a.crop, frames=tuple(a.frames), fixed_frames=a.fixed_frames,
-        noise=not a.no_noise, val_every=a.val_every, val_count=a.val_count, patience=a.patience,
+        noise=_noise_arg(a), val_every=a.val_every, val_count=a.val_count, patience=a.patience,
         workers=a.workers, init_weights=a.init if a.init is not None else "auto", device=a.device, seed=a.seed,
         data=str(data) if data else None, pseudo_gt=None if pseudo in (None, "none") else pseudo,
         reference=_reference_arg(getattr(a, "reference", "middle")), register=not getattr(a, "no_register", False),
         clock=getattr(a, "clock", "wall"), freeze=freeze,
     )
+
+
+def _noise_arg(a: argparse.Namespace) -> bool | str:
+    level = getattr(a, "noise_level", "random")
+    if a.no_noise:
+        return False
+    if level != "random" and not getattr(a, "data", None):
+        raise ValueError("--noise-level applies to --data; simulated pre-training draws random levels")
+    return True if level == "random" else level
 
 
 def _reference_arg(value: str) -> str | int:
