@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (the trainer's fine-tuning default)")
     ap.add_argument("--freeze", default="extract,align", help="parts kept fixed ('' trains everything)")
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

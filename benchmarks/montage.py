@@ -180,7 +180,7 @@ def make_montage(
     label_w, pad = 260, 6
     grid_w = label_w + len(boxes) * (cell + pad)
     H, W = ref.shape[:2]
-    thumb_w = grid_w - 2 * pad
+    thumb_w = min(grid_w - 2 * pad, 640)  # a small overview keeps the PNG small
     thumb_h = int(round(H * thumb_w / W))
     thumb = cv2.resize(_rgb8(ref), (thumb_w, thumb_h), interpolation=cv2.INTER_AREA)
     f = thumb_w / W

@@ -44,7 +44,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:  # psutil is imported where it is used: listing peers must not need it
+    import psutil
 
 __all__ = [
     "Peer",
@@ -282,7 +285,7 @@ def describe() -> str:
 
 
 # -- running ---------------------------------------------------------------------------
-def _tree_rss(proc: "psutil.Process") -> int:  # noqa: F821
+def _tree_rss(proc: psutil.Process) -> int:
     import psutil
 
     total = 0
@@ -340,7 +343,7 @@ def _run_one(argv: list[str], timeout: float | None, mem_cap: int | None, poll: 
     return seconds, peak, text
 
 
-def _kill_tree(proc: "psutil.Process") -> None:  # noqa: F821
+def _kill_tree(proc: psutil.Process) -> None:
     import psutil
 
     try:

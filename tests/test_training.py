@@ -62,15 +62,15 @@ def checkpoint_model(out: Path) -> dict:
 # -- the loop --------------------------------------------------------------------------
 def test_overfitting_one_batch_reduces_the_loss(tmp_path):
     rng = np.random.default_rng(0)
-    cfg_sim = SimConfig(crop=48, frames=(4, 4), noise=False)
-    pairs = [simulated_pair(rng, cfg_sim, 4) for _ in range(2)]
+    cfg_sim = SimConfig(crop=40, frames=(3, 3), noise=False)
+    pairs = [simulated_pair(rng, cfg_sim, 3) for _ in range(2)]
     batch = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
     losses = []
     res = train(
-        tiny_cfg(steps=20, lr=3e-3, min_lr=3e-3), tmp_path, batches=itertools.repeat(batch), val=pairs[:1],
+        tiny_cfg(steps=12, crop=40, lr=5e-3, min_lr=5e-3), tmp_path, batches=itertools.repeat(batch), val=pairs[:1],
         progress=lambda p: losses.append(p.step_loss), log=lambda s: None,
     )
-    assert res.step == 20 and len(losses) == 20
+    assert res.step == 12 and len(losses) == 12
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
 
@@ -116,6 +116,10 @@ def test_checkpoints_hold_no_pickle(tmp_path):
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["step"] == 1 and meta["config"]["architecture"] == "focusdeep-any"
     json.loads((tmp_path / "focusdeep-any.json").read_text())
+    # weights with no checkpoint beside them are not replaced unless asked
+    ck.rename(tmp_path / "moved.safetensors")
+    with pytest.raises(ValueError, match="no checkpoint to resume"):
+        train(tiny_cfg(steps=1), tmp_path, val=sim_val(1), log=lambda s: None)
     # pickled files are refused, as checkpoints and as starting weights, even when they exist
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"\x80\x04not really")
@@ -176,6 +180,20 @@ def test_focusdeep_train_cli_writes_weights_fuse_accepts(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     res = fuse(sim.frames, method="focusdeep-any", weights=str(weights), register=False, device="cpu")
     assert res.image.shape == sim.frames.shape[1:] and res.image.dtype == sim.frames.dtype
+
+
+def test_train_arguments_pick_fine_tuning_defaults():
+    from napari_focusdeep.training.train import FINETUNE_LR, PRETRAIN_LR, build_parser, config_from_args
+
+    def cfg(*argv):
+        return config_from_args(build_parser().parse_args(["-o", "run", *argv]))
+
+    assert (cfg().lr, cfg().init_weights, cfg().data) == (PRETRAIN_LR, "auto", None)
+    c = cfg("--data", "lab", "--pseudo-gt", "pyramid", "--reference", "2", "--noise-level", "medium")
+    assert (c.lr, c.data, c.pseudo_gt, c.reference, c.noise) == (FINETUNE_LR, "lab", "pyramid", 2, "medium")
+    assert cfg("--data", "lab", "--init", "none").lr == PRETRAIN_LR
+    assert cfg("--data", "lab", "--lr", "1e-3").lr == 1e-3
+    assert cfg("--freeze", "extract, align", "--clock", "cpu").freeze == ("extract", "align")
 
 
 # -- a lab's own data ------------------------------------------------------------------

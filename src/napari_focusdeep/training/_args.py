@@ -31,7 +31,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="what --minutes counts: wall time, or this process's CPU time (all threads)",
     )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument(
+        "--lr", type=float, default=None,
+        help="peak learning rate (default 2e-4 from scratch, 5e-5 when fine-tuning on --data)",
+    )
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--frames", type=int, nargs=2, default=(4, 16), metavar=("MIN", "MAX"))
