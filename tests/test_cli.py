@@ -153,3 +153,74 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_simulate_psf_choices_are_the_simulators(tmp_path):
+    """Every PSF the simulator renders can be asked for (``donut`` was missing)."""
+    from napari_focusdeep.cli import build_parser
+    from napari_focusdeep.training.simulate import PSF_KINDS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["simulate"]
+    psf = next(a for a in sub._actions if a.dest == "psf")
+    assert tuple(psf.choices) == PSF_KINDS and "donut" in psf.choices
+    out = tmp_path / "sim"
+    assert main(["simulate", "-o", str(out), "--frames", "2", "--size", "32", "32", "--psf", "donut"]) == 0
+    assert len(list(out.glob("frame_*.png"))) == 2
+
+
+def test_fixed_frame_network_says_it_resamples(sim, tmp_path, capsys):
+    """``focusdeep`` (trained on 8 frames) fusing 3 frames says so in one stderr line."""
+    import cv2
+
+    from napari_focusdeep.models.methods import resampling_note
+
+    d = tmp_path / "three"
+    d.mkdir()
+    for i, f in enumerate(sim.frames[:3]):
+        cv2.imwrite(str(d / f"frame_{i}.png"), np.ascontiguousarray(f[:48, :64, ::-1]))
+    out = tmp_path / "fused.tif"
+    argv = ["fuse", str(d), "-o", str(out), "--method", "focusdeep", "--no-register", "--device", "cpu", "--tile", "64"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "focusdeep: warning: network trained on 8 frames; resampling the 3-frame stack to 8" in err
+    assert tifffile.imread(out).shape == (48, 64, 3)
+    # nothing to say when the lengths match, or for the any-length network
+    assert resampling_note("focusdeep", 8) is None
+    assert resampling_note("focusdeep-any", 3) is None
+
+
+def test_ctrl_c_during_train_saves_a_checkpoint_and_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it, data-loading worker
+    included) ends the run at a step with a checkpoint, exit 130; the same command resumes."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    steps = 12
+    cmd = [sys.executable, "-m", "napari_focusdeep.cli", "train", "-o", str(out), "--steps", str(steps),
+           "--crop", "32", "--batch-size", "1", "--frames", "2", "3", "--val-every", "2", "--val-count", "1",
+           "--workers", "1", "--device", "cpu", "--model",
+           json.dumps({"features": 8, "front_blocks": 1, "groups": 1, "blocks_per_group": 1, "offset_groups": 2})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and log.read_text().strip()):  # training has begun: a validation was logged
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.count("stopping after this step") == 1, err  # the worker process stays quiet
+    line = next(s for s in err.splitlines() if s.startswith("focusdeep: interrupted at step"))
+    assert "run the same command again" in line
+    step = int(line.split("interrupted at step ")[1].split(";")[0])
+    assert 0 < step < steps
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == step
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed from step {step}" in done.stderr
+    assert done.stdout.startswith(f"step {steps}:")

@@ -342,6 +342,64 @@ def test_tampered_weights_are_refused_at_the_cli(tmp_path, capsys, damage):
                       "--weights", weights, "--no-register"], "checksum", out=out)
 
 
+def _damaged_weights(folder: Path, damage: str, name: str = "focusdeep-any") -> Path:
+    """A copy of shipped weights, damaged: bytes changed, or a header that does not parse
+    (with the checksum updated to match, so only the safetensors check can catch it)."""
+    from napari_focusdeep.models.weights import WEIGHTS_DIR
+
+    folder.mkdir(exist_ok=True)
+    weights = folder / f"{name}.safetensors"
+    data = bytearray((WEIGHTS_DIR / f"{name}.safetensors").read_bytes())
+    cfg = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        data[8:12] = b"\xff\xfe\x00{"  # the JSON header no longer parses
+        import hashlib
+
+        cfg["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    weights.write_bytes(bytes(data))
+    weights.with_suffix(".json").write_text(json.dumps(cfg))
+    return weights
+
+
+@pytest.mark.parametrize("where", ["given", "shipped"])
+@pytest.mark.parametrize("damage, fragment", [("flip", "checksum mismatch"), ("header", "not a valid safetensors file")])
+def test_bad_weights_are_refused_before_the_stack_is_read(tmp_path, capsys, monkeypatch, where, damage, fragment):
+    """Damaged weights fail at once, not after the stack was read and registered (minutes)."""
+    import napari_focusdeep.io as fio
+    from napari_focusdeep.models import weights as W
+
+    frames = _frames_dir(tmp_path, n=3)
+
+    def too_early(*args, **kwargs):
+        raise AssertionError("the stack was read before the weights were checked")
+
+    monkeypatch.setattr(fio, "read_stack", too_early)
+    weights = _damaged_weights(tmp_path / "w", damage)
+    argv = ["fuse", frames, "-o", tmp_path / "o.tif", "--method", "focusdeep-any"]
+    if where == "given":
+        argv += ["--weights", weights]
+    else:
+        monkeypatch.setattr(W, "WEIGHTS_DIR", weights.parent)
+    message = _refused(capsys, argv, "focusdeep-any.safetensors", fragment, out=tmp_path / "o.tif")
+    assert "Traceback" not in message
+
+
+def test_bad_weights_are_refused_before_registration(tmp_path, monkeypatch):
+    """The Python API (and so the napari widget) checks the weights before registering."""
+    import napari_focusdeep.registration as reg
+
+    def too_early(*args, **kwargs):
+        raise AssertionError("registration ran before the weights were checked")
+
+    monkeypatch.setattr(reg, "iter_estimate_transforms", too_early)
+    weights = _damaged_weights(tmp_path / "w", "flip")
+    stack = np.stack(_series(3, (48, 64)))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        fuse(stack, method="focusdeep-any", weights=str(weights), register=True)
+
+
 # -- interrupted runs leave nothing behind --------------------------------------------------
 _SLOW_RUN = textwrap.dedent(
     """

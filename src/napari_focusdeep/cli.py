@@ -7,9 +7,10 @@ exit 0 on success, 2 on bad input or usage (one line on stderr, no traceback),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["main"]
 
@@ -68,6 +69,42 @@ def _channel(value: str) -> str | int:
         raise argparse.ArgumentTypeError("channel must be luminance, max or a channel index") from None
 
 
+class _Choices:
+    """Argument choices read from a module only when argparse needs them.
+
+    Keeps the choices in one place (the module that implements them) without
+    importing it, and OpenCV and dask with it, on every ``focusdeep`` start.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _values(self) -> Sequence[str]:
+        import importlib
+
+        return getattr(importlib.import_module(self.module, __package__), self.name)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self) -> Any:
+        return iter(self._values())
+
+
+def _check_method(name: str, options: dict[str, Any]) -> bool:
+    """Check a method and its options before any slow work; True for a deep method.
+
+    A deep method's option check finds and verifies its weights (checksum,
+    safetensors header, architecture), so damaged weights are refused before the
+    stack is read and registered rather than after.
+    """
+    from .fusion.registry import get_method
+
+    meth = get_method(name)
+    meth.halo(**{**meth.options, **options})
+    return meth.kind == "deep"
+
+
 def _read(inputs: Sequence[str], axes: str | None = None) -> Any:
     from .io import read_stack
 
@@ -104,12 +141,19 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         return _fuse_raw(args, out)
     if args.linear_output:
         raise UsageError("--linear-output applies to camera raw input only")
-    stack = _read(args.inputs, args.axes)
     options: dict[str, Any] = {}
     for name in ("device", "weights", "tile"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
+    deep = _check_method(args.method, options)
+    stack = _read(args.inputs, args.axes)
+    if deep:
+        from .models.methods import resampling_note
+
+        note = resampling_note(args.method, stack.n_frames, options.get("weights"))
+        if note:
+            print(f"focusdeep: warning: {note}", file=sys.stderr)
     transforms = None
     if args.transforms:
         from .registration import Transforms
@@ -176,6 +220,10 @@ def _fuse_raw(args: argparse.Namespace, out: Path) -> int:
 
         transforms = Transforms.load(args.transforms)
     deep = get_method(args.method).kind == "deep"
+    if deep and args.weights:  # refuse damaged weights before decoding the raw files
+        from .models.weights import resolve_weights, verify_weights
+
+        verify_weights(resolve_weights(args.weights))
     update, close = _progress_bar("fusing")
     try:
         result = fuse_raw(
@@ -317,9 +365,64 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .training.train import config_from_args, train
     except ImportError as exc:
         raise UsageError(f"training needs PyTorch: {exc}") from None
-    result = train(config_from_args(args), args.output, resume=not args.no_resume)
+    import threading
+
+    stop = threading.Event()
+    try:
+        with _stop_on_interrupt(stop):
+            result = train(config_from_args(args), args.output, resume=not args.no_resume, stop=stop)
+    except KeyboardInterrupt:  # a second Ctrl-C: no time for the checkpoint
+        print(f"focusdeep: training aborted; the last checkpoint in {args.output} (if any) is kept: "
+              "run the same command again to continue from it", file=sys.stderr)
+        return 130
+    if result.stopped == "stopped":
+        if (Path(args.output) / "checkpoint.safetensors").exists():
+            print(f"focusdeep: interrupted at step {result.step}; checkpoint saved in {args.output}: "
+                  "run the same command again to continue (--no-resume starts afresh)", file=sys.stderr)
+        else:
+            print("focusdeep: interrupted before training began; nothing was saved", file=sys.stderr)
+        return 130
     print(f"step {result.step}: best validation PSNR {result.best_psnr} dB ({result.stopped}); weights: {result.weights}")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(stop: Any) -> Iterator[None]:
+    """Turn the first Ctrl-C into ``stop.set()``; a second one raises KeyboardInterrupt.
+
+    Training checks ``stop`` at every step and then saves a checkpoint, so an
+    interrupted run loses nothing and resumes. Raising at once instead could
+    land anywhere, even in the middle of writing the checkpoint.
+    """
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    owner = os.getpid()
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            # a forked data-loading worker inherits this handler; the training
+            # process shuts its workers down itself, so they ignore Ctrl-C
+            return
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        try:  # os.write, not print: a handler may interrupt a print to stderr in progress
+            os.write(sys.stderr.fileno(), b"\nfocusdeep: stopping after this step to save a checkpoint "
+                     b"(Ctrl-C again to abort without it)\n")
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -460,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=15)
     p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     p.add_argument("--source", default=None, help="an image file or scikit-image sample name (default: procedural)")
-    p.add_argument("--psf", default="disk", choices=["disk", "gaussian", "ring"])
+    p.add_argument("--psf", default="disk", choices=_Choices(".training.simulate", "PSF_KINDS"))
     p.add_argument("--max-blur", type=float, default=6.0)
     p.add_argument("--breathing", type=float, default=0.0)
     p.add_argument("--shake", type=float, default=0.0)

@@ -17,6 +17,10 @@ ramp : int
 precision : {"auto", "float32", "bfloat16", "float16"}
     Autocast dtype on CUDA (``"auto"``: bfloat16 where supported, else float16).
 
+The option check (``halo``), which the driver runs before reading or registering
+the stack, verifies the weights file (checksum and safetensors header), so a
+damaged file is refused at once.
+
 The halo is the network's receptive field (measured, see
 :mod:`~napari_focusdeep.models.receptive`) plus the bounded reach of its
 deformable offsets, so tiled fusion equals whole-image fusion up to float
@@ -32,7 +36,8 @@ Burst length: ``focusdeep-any`` streams every frame through the network with
 memory independent of the number of frames. ``focusdeep`` and ``unet`` are built
 for a fixed number of frames; a stack of another length is resampled to it
 (evenly subsampled, or frames repeated; see
-:func:`~napari_focusdeep.models.base.resample_frames`). They stream too: their
+:func:`~napari_focusdeep.models.base.resample_frames`), and
+:func:`resampling_note` says when that happens. They stream too: their
 first fusion layer is a sum over frames, so no tile holds the whole burst.
 
 The depth map is classical: per pixel, the frame with the largest smoothed
@@ -56,7 +61,7 @@ import numpy as np
 
 from ..fusion.registry import Method, TileOutOfMemory, register_method
 
-__all__ = ["DeepAccumulator", "OPTIONS", "clear_model_cache"]
+__all__ = ["DeepAccumulator", "OPTIONS", "clear_model_cache", "resampling_note", "trained_frames"]
 
 OPTIONS: dict[str, Any] = {"device": "auto", "weights": None, "tile": 512, "ramp": 16, "precision": "auto"}
 
@@ -79,16 +84,20 @@ def _weights_path(arch: str, weights: Any) -> Path:
 
 
 @lru_cache(maxsize=16)
-def _read_config(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    from .weights import read_config
+def _verified_config(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    from .weights import verify_weights
 
-    return read_config(path)
+    # Verified here, in the option check the driver runs before it reads or
+    # registers anything, so a damaged file fails at once rather than after the
+    # registration pass (minutes on a large stack). Keyed on mtime and size: a
+    # file replaced later is checked again, and loading re-checks the bytes.
+    return verify_weights(path)
 
 
 def _config_for(arch: str, weights: Any) -> tuple[Path, dict[str, Any]]:
     path = _weights_path(arch, weights)
     st = path.stat()
-    cfg = _read_config(str(path), st.st_mtime_ns, st.st_size)
+    cfg = _verified_config(str(path), st.st_mtime_ns, st.st_size)
     if cfg["architecture"] != arch:
         raise ValueError(
             f"{path.name} holds a {cfg['architecture']} network, not {arch}; use method={cfg['architecture']!r}"
@@ -96,6 +105,52 @@ def _config_for(arch: str, weights: Any) -> tuple[Path, dict[str, Any]]:
     if cfg.get("input", "rgb") != "rgb" or int(cfg["kwargs"].get("in_channels", 3)) != 3:
         raise ValueError(f"{path.name} takes {cfg.get('input')} input; fusing stacks needs RGB-input weights")
     return path, cfg
+
+
+def trained_frames(method: str, weights: Any = None) -> int | None:
+    """The number of frames ``method``'s network was built for, or None for any.
+
+    Also checks the weights (see :func:`~napari_focusdeep.models.weights.verify_weights`).
+
+    Parameters
+    ----------
+    method : str
+        ``"focusdeep"``, ``"focusdeep-any"`` or ``"unet"``.
+    weights : str or path, optional
+        As the ``weights`` option; default: the installed weights.
+    """
+    _, cfg = _config_for(method, weights)
+    n = cfg["kwargs"].get("n_frames")  # what BurstModel.n_frames reads
+    return int(n) if n else None
+
+
+def resampling_note(method: str, n_frames: int, weights: Any = None) -> str | None:
+    """A sentence saying that a stack will be resampled, or None when it will not.
+
+    Fixed-length networks (``focusdeep``, ``unet``) take exactly the number of
+    frames they were trained on; :class:`DeepAccumulator` maps a stack of another
+    length onto it with :func:`~napari_focusdeep.models.base.resample_frames`.
+    Dropping or repeating frames changes the result, so the CLI and the widget
+    say so.
+
+    Parameters
+    ----------
+    method : str
+        A deep method's name.
+    n_frames : int
+        Frames in the stack (per time point).
+    weights : str or path, optional
+        As the ``weights`` option.
+
+    Examples
+    --------
+    >>> resampling_note("focusdeep", 23)  # doctest: +SKIP
+    'network trained on 8 frames; resampling the 23-frame stack to 8'
+    """
+    n = trained_frames(method, weights)
+    if n is None or int(n_frames) == n:
+        return None
+    return f"network trained on {n} frames; resampling the {int(n_frames)}-frame stack to {n}"
 
 
 def _halo(arch: str, **opts: Any) -> int:

@@ -42,6 +42,7 @@ __all__ = [
     "resolve_weights",
     "default_weights",
     "load_state",
+    "verify_weights",
     "load_model",
     "list_models",
     "fold_weight_norm",
@@ -224,6 +225,56 @@ def resolve_weights(name_or_path: str | os.PathLike, directory: Path | None = No
     raise WeightsNotFoundError(f"no weights named {name!r} (installed: {known}); pass a .safetensors path")
 
 
+def _check_digest(path: Path, cfg: dict[str, Any], digest: str) -> None:
+    if digest != cfg["sha256"]:
+        raise ValueError(
+            f"{path.name}: checksum mismatch (expected {cfg['sha256'][:12]}..., got {digest[:12]}...); "
+            "the file is truncated, corrupt or was modified"
+        )
+
+
+def verify_weights(path: str | os.PathLike, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check a weights file without building its network; return its config.
+
+    The file must match the sha256 its JSON config records, and its safetensors
+    header must parse and cover the file exactly. Callers run this before any
+    long work (reading and registering a stack) so that a damaged file is
+    refused in seconds, not after minutes of registration.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.safetensors`` file with its ``.json`` config beside it.
+    cfg : dict, optional
+        The config, when already read.
+
+    Returns
+    -------
+    dict
+        The config.
+
+    Raises
+    ------
+    ValueError
+        Checksum mismatch, an unreadable safetensors header, or a pickle.
+    WeightsNotFoundError
+        No config beside the file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_suffix(path)
+    cfg = read_config(path) if cfg is None else cfg
+    _check_digest(path, cfg, sha256_file(path))
+    try:
+        # the header alone (tensor names, dtypes, offsets): no tensor is read
+        with safe_open(str(path), framework="numpy") as f:
+            f.keys()
+    except Exception as exc:  # safetensors raises its own error type
+        raise ValueError(f"{path.name}: not a valid safetensors file ({exc})") from None
+    return cfg
+
+
 def load_state(path: str | os.PathLike, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     """Verify ``path`` against its config's checksum, then read its tensors (CPU)."""
     from safetensors.torch import load as st_load
@@ -231,13 +282,9 @@ def load_state(path: str | os.PathLike, cfg: dict[str, Any] | None = None) -> di
     path = Path(path)
     _check_suffix(path)
     cfg = read_config(path) if cfg is None else cfg
+    # hash the very bytes that are parsed, so the file cannot change in between
     data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != cfg["sha256"]:
-        raise ValueError(
-            f"{path.name}: checksum mismatch (expected {cfg['sha256'][:12]}..., got {digest[:12]}...); "
-            "the file is truncated, corrupt or was modified"
-        )
+    _check_digest(path, cfg, hashlib.sha256(data).hexdigest())
     try:
         return st_load(data)
     except Exception as exc:  # safetensors raises its own error type

@@ -476,6 +476,13 @@ def train(
             except StopIteration:
                 stopped = "data"
                 break
+            except Exception:
+                # Ctrl-C in a terminal reaches the loader's worker processes too, and
+                # they exit; the run is stopping anyway, so end it with its checkpoint
+                if stop is not None and stop.is_set():
+                    stopped = "stopped"
+                    break
+                raise
             burst = burst.to(device, non_blocking=True)
             target = target.to(device, non_blocking=True)
             fraction = used() / budget if budget else step / max(cfg.steps, 1)
