@@ -131,6 +131,19 @@ def test_fuse_widget_deep_method_with_shipped_weights(make_napari_viewer, qtbot,
     assert "weights" not in fw.options()
 
 
+def test_fuse_widget_says_a_fixed_frame_network_resamples(make_napari_viewer, qtbot, notes):
+    """``focusdeep`` was trained on 8 frames: fusing 3 says they are resampled to 8."""
+    viewer = make_napari_viewer()
+    _stack(viewer, shape=(32, 64), n_frames=3)
+    _, fw = _deep_fuse_widget(viewer, qtbot, method="focusdeep")
+    said = "network trained on 8 frames; resampling the 3-frame stack to 8"
+    fw.fuse_layer()
+    assert ("focusdeep: " + said, "info") in notes()
+    qtbot.waitUntil(lambda: not fw.is_running, timeout=60_000)
+    assert fw.status.text().startswith("done: focusdeep,") and said in fw.status.text()
+    assert not [n for n in notes() if "error" in n[1].lower()]
+
+
 def test_progress_text_names_tile_and_frame():
     from napari_focusdeep._napari._widget import progress_text
     from napari_focusdeep.fusion import Progress

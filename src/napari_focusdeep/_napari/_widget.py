@@ -84,6 +84,7 @@ class _Run:
     worker: Any = None
     gen: Any = None
     busy: Any = None  # the claim on the machine (see _busy), released when the worker ends
+    note: str | None = None  # said with the result too, e.g. that a fixed-N network resampled the stack
 
     def stop(self) -> None:
         """Ask the worker to stop at its next frame (harmless if it has finished)."""
@@ -510,6 +511,12 @@ class FuseWidget(QWidget):
                     f"no {options['method']} weights to fuse with: train some (Plugins > FocusDeep > Train) "
                     "or load a .safetensors file"
                 )
+            note = None
+            if self.is_deep() and not options.get("raw"):
+                from ..models.methods import resampling_note
+
+                # also verifies the weights, so a damaged file is refused before the run starts
+                note = resampling_note(options["method"], stack.n_frames, options["weights"])
         except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
             self._notify_error(str(exc))
             return None
@@ -530,6 +537,7 @@ class FuseWidget(QWidget):
             n_frames=stack.n_frames,
             z_step=stack.z_step,
             busy=busy,
+            note=note,
         )
         worker = create_worker(_fusion_job, stack, options, run, _start_thread=False)
         run.worker = worker
@@ -543,7 +551,9 @@ class FuseWidget(QWidget):
         worker.finished.connect(functools.partial(self._on_finished, run))
         self._holder.run = run
         self.progress.setRange(0, 0)  # busy until the first frame reports
-        self.status.setText(f"starting {options['method']} on '{layer.name}' ...")
+        self.status.setText(f"starting {options['method']} on '{layer.name}' ..." + (f" ({note})" if note else ""))
+        if note:  # the status line is soon overwritten by progress; a notification stays
+            self._notify_info(f"{options['method']}: {note}")
         self._sync_enabled()
         worker.start()
         return worker
@@ -593,7 +603,8 @@ class FuseWidget(QWidget):
         seconds = time.perf_counter() - run.started
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
-        self.status.setText(f"done: {result.method}, {run.n_frames} frames in {seconds:.1f} s")
+        self.status.setText(f"done: {result.method}, {run.n_frames} frames in {seconds:.1f} s"
+                            + (f" ({run.note})" if run.note else ""))
 
     # -- results --------------------------------------------------------------------
     def _add_result_layers(self, run: _Run, options: dict[str, Any], result: FusionResult) -> None:
