@@ -166,6 +166,10 @@ def test_simulate_psf_choices_are_the_simulators(tmp_path):
     out = tmp_path / "sim"
     assert main(["simulate", "-o", str(out), "--frames", "2", "--size", "32", "32", "--psf", "donut"]) == 0
     assert len(list(out.glob("frame_*.png"))) == 2
+    # the choices are read when needed, not on every start (the simulator imports OpenCV and dask)
+    code = ("import sys; from napari_focusdeep.cli import build_parser; build_parser(); "
+            "sys.exit('napari_focusdeep.training.simulate' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_fixed_frame_network_says_it_resamples(sim, tmp_path, capsys):

@@ -563,7 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=15)
     p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     p.add_argument("--source", default=None, help="an image file or scikit-image sample name (default: procedural)")
-    p.add_argument("--psf", default="disk", choices=_Choices(".training.simulate", "PSF_KINDS"))
+    # a metavar, so that argparse lists the choices only when it shows help or an error
+    p.add_argument("--psf", default="disk", choices=_Choices(".training.simulate", "PSF_KINDS"), metavar="PSF",
+                   help="blur kernel: %(choices)s (default %(default)s)")
     p.add_argument("--max-blur", type=float, default=6.0)
     p.add_argument("--breathing", type=float, default=0.0)
     p.add_argument("--shake", type=float, default=0.0)
