@@ -454,8 +454,9 @@ def test_cli_raw_flag_refuses_non_raw_and_rgb_weights(tmp_path: Path, capsys: py
     assert "camera raw" in capsys.readouterr().err
     _, folder = _raw_burst(tmp_path / "burst", n=2, shape=(32, 32))
     pytest.importorskip("torch")
-    assert main(["fuse", str(folder), "-o", str(tmp_path / "o.tif"), "--raw", "--method", "focusdeep-any"]) == 2
-    assert "raw" in capsys.readouterr().err
+    rgb_weights = ["--weights", "focusdeep-any"]  # the shipped RGB network, by name
+    assert main(["fuse", str(folder), "-o", str(tmp_path / "o.tif"), "--raw", "--method", "focusdeep-any", *rgb_weights]) == 2
+    assert "RGB input" in capsys.readouterr().err
 
 
 def test_raw_focusdeep_path_with_a_random_tiny_model(tmp_path: Path) -> None:

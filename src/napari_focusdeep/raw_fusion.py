@@ -19,8 +19,10 @@ Two paths, picked by :func:`fuse_raw` (``path="auto"``):
 
 Both return a :class:`RawFusionResult` whose ``image`` is 16-bit sRGB and whose
 ``linear`` is the same image in linear sRGB (16-bit), for a "DNG-like" linear TIFF.
-No raw-input weights are installed yet (they need a GPU training run), so the
-``"bayer"`` path needs ``weights=`` pointing at a raw model.
+``path="bayer"`` without ``weights=`` uses the installed raw-input weights
+(``focusdeep-any-raw``, see :func:`raw_weights`); ``path="auto"`` takes the Bayer
+path only when the given ``weights`` are raw ones, so a deep method without
+``weights=`` runs its RGB network on the demosaiced frames (docs/raw.md).
 """
 from __future__ import annotations
 
@@ -80,13 +82,16 @@ class RawFusionResult:
 
 
 # -- weights ------------------------------------------------------------------------------
-def _weights_config(method: str, weights: Any) -> tuple[Path, dict[str, Any]] | None:
+def _weights_config(method: str, weights: Any, *, raw_default: bool = True) -> tuple[Path, dict[str, Any]] | None:
     """The weights a deep method would use and their config; None for classical methods
-    or when no weights can be found (the caller decides whether that is an error)."""
+    or when no weights can be found (the caller decides whether that is an error).
+    Without ``weights``: the installed raw weights if ``raw_default``, else None."""
     if method not in ("focusdeep", "focusdeep-any", "unet"):
         return None
     from .models.weights import WeightsNotFoundError, read_config, resolve_weights
 
+    if weights in (None, "") and not raw_default:
+        return None
     try:
         path = resolve_weights(weights) if weights not in (None, "") else raw_weights(method)
     except WeightsNotFoundError:
@@ -97,10 +102,13 @@ def _weights_config(method: str, weights: Any) -> tuple[Path, dict[str, Any]] | 
 def raw_weights(architecture: str) -> Path:
     """The installed raw-input weights of ``architecture``.
 
+    ``focusdeep-any-raw`` is shipped (trained on CPU on simulated raw bursts,
+    docs/model-card.md); there are none for ``focusdeep``.
+
     Raises
     ------
     WeightsNotFoundError
-        None are installed (the case in this release).
+        None are installed for ``architecture``.
     """
     from .models.weights import WeightsNotFoundError, _installed, read_config
 
@@ -120,7 +128,9 @@ def raw_weights(architecture: str) -> Path:
 def _choose_path(path: str, method: str, options: dict[str, Any]) -> tuple[str, tuple[Path, dict] | None]:
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    found = _weights_config(method, options.get("weights"))
+    # "auto" without weights keeps the RGB network on the demosaiced frames, as it
+    # always did; the raw network is asked for with path="bayer" (--raw)
+    found = _weights_config(method, options.get("weights"), raw_default=path == "bayer")
     is_raw = found is not None and found[1].get("input") == "raw"
     if path == "bayer":
         if method not in _DEEP_RAW:

@@ -80,6 +80,15 @@ def stack_to_layer_data(stack: Stack, **kwargs: Any) -> tuple[Any, dict[str, Any
             "name": stack.name,
         }
     }
+    if stack.metadata.get("reader") == "raw":
+        # the Fuse widget offers the raw (Bayer) network for layers read from raw files:
+        # it re-reads the files' packed planes from these paths, in this frame order
+        m = stack.metadata
+        layer_kw["metadata"][META_KEY]["raw"] = {
+            "camera": " ".join(str(m.get(k) or "") for k in ("make", "model")).strip(),
+            "iso": m.get("iso"),
+            "frame_order": m.get("frame_order"),
+        }
     layer_kw.update(kwargs)
     return data, layer_kw, "image"
 

@@ -141,13 +141,16 @@ def _runs(root: Path) -> list[Path]:
     return sorted(subs, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def weights_choices(architecture: str | None = None) -> list[WeightsChoice]:
+def weights_choices(architecture: str | None = None, input: str | None = "rgb") -> list[WeightsChoice]:
     """Weights on offer, shipped (the default first), then yours (newest first), then files.
 
     Parameters
     ----------
     architecture : str, optional
         Only weights of this network (``"focusdeep-any"``, ...).
+    input : {"rgb", "raw"} or None
+        Only weights taking this input: ``"rgb"`` (stacks; the default) or
+        ``"raw"`` (packed Bayer planes of camera raw files); None: all.
     """
     out: list[WeightsChoice] = []
     seen: set[Path] = set()
@@ -155,6 +158,8 @@ def weights_choices(architecture: str | None = None) -> list[WeightsChoice]:
     def add(entry: dict[str, Any], label: str, source: str) -> None:
         p = Path(entry["path"]).resolve()
         if p in seen or (architecture and entry["architecture"] != architecture):
+            return
+        if input and entry.get("input", "rgb") != input:
             return
         seen.add(p)
         out.append(

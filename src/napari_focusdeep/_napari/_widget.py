@@ -10,6 +10,12 @@ For a deep method (``Method.kind == "deep"``) the widget also offers the weights
 of that network (shipped, trained with the Train widget, or loaded from a file),
 the device and the tile size. Only one long job runs at a time (see
 :mod:`._busy`): a Fuse while a training run works is refused with a message.
+
+A layer opened from camera raw files (the reader marks it, see
+:func:`._layers.stack_to_layer_data`) shows the demosaiced sRGB frames and fuses
+them like any RGB stack; with a network chosen, **Camera raw: fuse the Bayer
+planes** instead runs :func:`~napari_focusdeep.raw_fusion.fuse_raw_iter` on the
+files' packed Bayer planes with raw-input weights.
 """
 from __future__ import annotations
 
@@ -130,11 +136,18 @@ def _fusion_job(stack: Stack, options: dict[str, Any], run: _Run) -> Generator[P
     """The worker's generator: relays fusion progress, returns the result or a failure.
 
     Errors are caught here and returned as :class:`_Failure` so the widget shows one
-    plain notification instead of napari's traceback dialog.
+    plain notification instead of napari's traceback dialog. ``options["raw"]``
+    fuses the stack's raw files on the Bayer path instead (:func:`_raw_options`).
     """
     from ..fusion import fuse_iter
 
-    gen = fuse_iter(stack, **options)
+    options = dict(options)
+    if options.pop("raw", False):
+        from ..raw_fusion import fuse_raw_iter
+
+        gen = fuse_raw_iter(list(stack.paths), **_raw_options(options))
+    else:
+        gen = fuse_iter(stack, **options)
     run.gen = gen
     try:
         result = yield from gen
@@ -142,6 +155,21 @@ def _fusion_job(stack: Stack, options: dict[str, Any], run: _Run) -> Generator[P
         _log.debug("fusion failed", exc_info=True)
         return _Failure(str(exc) or type(exc).__name__)
     return result
+
+
+def _raw_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The Fuse options as :func:`~napari_focusdeep.raw_fusion.fuse_raw_iter` takes them
+    on the Bayer path (sharpness channel and the registered stack do not apply)."""
+    keep = ("method", "register", "reference", "motion", "weights", "device", "tile")
+    return {"path": "bayer", **{k: options[k] for k in keep if k in options}}
+
+
+def is_raw_layer(layer: Any) -> bool:
+    """Whether ``layer`` was opened from camera raw files by this plugin's reader."""
+    from ._layers import META_KEY
+
+    meta = (getattr(layer, "metadata", None) or {}).get(META_KEY) or {}
+    return bool(meta.get("raw")) and bool(meta.get("paths"))
 
 
 def progress_text(p: Progress, n_frames: int) -> str:
@@ -227,7 +255,14 @@ class FuseWidget(QWidget):
         self.weights_note = QLabel()
         self.weights_note.setWordWrap(True)
         self.weights_note.setStyleSheet("color: gray;")
+        self.raw_check = QCheckBox("Camera raw: fuse the Bayer planes")
+        self.raw_check.setToolTip(
+            "The stack was read from camera raw files: fuse their packed Bayer planes with a raw-input "
+            "network (demosaicking and fusion in one) instead of the demosaiced frames"
+        )
+        self.raw_check.setVisible(False)
         model_form = QFormLayout(self.model_box)
+        model_form.addRow("", self.raw_check)
         model_form.addRow("Weights", self.weights_combo)
         model_form.addRow("", self.load_weights_button)
         model_form.addRow("", self.weights_note)
@@ -274,6 +309,7 @@ class FuseWidget(QWidget):
         self.layer_combo.currentIndexChanged.connect(self._refresh_channels)
         self.load_weights_button.clicked.connect(self._choose_weights_file)
         self.weights_combo.currentIndexChanged.connect(self._show_weights_info)
+        self.raw_check.toggled.connect(lambda *_: self.refresh_weights())
         # weights trained (Train widget) or loaded (another Fuse widget) appear here at once
         _weights.on_weights_changed(self.refresh_weights)
 
@@ -348,6 +384,10 @@ class FuseWidget(QWidget):
         """Whether the chosen method is a network (it then needs weights, a device, a tile)."""
         return self.method_combo.currentData(_KIND_ROLE) == "deep"
 
+    def is_raw_mode(self) -> bool:
+        """Whether Fuse will run the raw (Bayer) network on the selected layer's raw files."""
+        return self.is_deep() and self.raw_check.isChecked() and is_raw_layer(self.selected_layer())
+
     # -- weights ----------------------------------------------------------------------
     def refresh_weights(self) -> None:
         """List the weights of the chosen network: shipped, yours (trained), loaded files."""
@@ -356,7 +396,7 @@ class FuseWidget(QWidget):
         arch = self.method_combo.currentText()
         current = self.weights_combo.currentData()
         try:
-            choices = _weights.weights_choices(arch)
+            choices = _weights.weights_choices(arch, input="raw" if self.is_raw_mode() else "rgb")
         except Exception as exc:  # noqa: BLE001 - a broken weights folder must not kill the widget
             _log.debug("listing weights failed", exc_info=True)
             choices = []
@@ -375,6 +415,10 @@ class FuseWidget(QWidget):
     def _show_weights_info(self, *_: Any) -> None:
         if self.weights_combo.count() == 0:
             arch = self.method_combo.currentText()
+            if self.is_raw_mode():
+                self.weights_note.setText(f"No raw-input {arch} weights: train some with focusdeep train --raw.")
+                self.weights_combo.setToolTip("")
+                return
             self.weights_note.setText(
                 f"No {arch} weights yet: train some with Plugins > FocusDeep > Train, or load a .safetensors file."
             )
@@ -442,7 +486,16 @@ class FuseWidget(QWidget):
         self._refresh_channels()
         self._sync_enabled()
 
+    def _refresh_raw(self) -> None:
+        """Offer the raw network only for layers read from camera raw files."""
+        raw = is_raw_layer(self.selected_layer())
+        changed = raw != (not self.raw_check.isHidden())
+        self.raw_check.setVisible(raw)
+        if changed and self.raw_check.isChecked() and self.is_deep():
+            self.refresh_weights()  # raw-input weights only while the raw path is on
+
     def _refresh_channels(self, *_: Any) -> None:
+        self._refresh_raw()
         layer = self.selected_layer()
         current = self.channel_combo.currentData()
         self.channel_combo.clear()
@@ -482,6 +535,8 @@ class FuseWidget(QWidget):
         }
         if self.is_deep():
             opts.update(weights=self.selected_weights(), device=self.device_box.device(), tile=int(self.tile_spin.value()))
+        if self.is_raw_mode():
+            opts.update(raw=True, return_registered=False)
         return opts
 
     def fuse_layer(self, layer: Any = None) -> Any:
@@ -637,7 +692,7 @@ class FuseWidget(QWidget):
         name = run.layer_name
         depth_max = float(max(run.n_frames - 1, 1)) * float(run.z_step or 1.0)
         depth_label = "frame index" if result.depth_unit == "frame" else result.depth_unit
-        if result.registered is not None:
+        if getattr(result, "registered", None) is not None:  # a raw result has none
             reg_axes = [a for a in spatial if a != "T"]
             reg_kw: dict[str, Any] = {"rgb": run.rgb}
             if not run.rgb and run.colormap:

@@ -35,6 +35,7 @@ __all__ = [
     "stem_scale",
     "pad_to_multiple",
     "pcd_offset_reach",
+    "bilinear_demosaic",
 ]
 
 STEMS = ("rgb", "raw")
@@ -244,13 +245,19 @@ class OutputHead(nn.Module):
     ``skip1 = relu(shuffle(conv(src)))`` lifts the skip image to features at the
     output resolution; ``out = conv_last(relu(hr(relu(conv(up + skip1))))) +
     conv(skip1)``. ``residual=True`` also adds ``src`` itself (RGB stem with as
-    many input as output channels only), so the network predicts a correction.
+    many input as output channels), or for the ``"raw"`` stem (4 packed planes in,
+    RGB out) its fixed bilinear demosaic (:func:`bilinear_demosaic`), so the network
+    predicts a correction either way.
     """
 
     def __init__(self, nf: int, in_channels: int, out_channels: int, stem: str = "rgb", residual: bool = False) -> None:
         super().__init__()
         s = stem_scale(stem)
-        self.residual = bool(residual and s == 1 and in_channels == out_channels)
+        # the raw stem's identity is a demosaic: without it a raw network would have to
+        # learn demosaicking before it could learn anything else (measured: it barely
+        # does in a CPU-hour), with it a raw network starts where an RGB one does
+        self.residual = bool(residual and ((s == 1 and in_channels == out_channels) or (s == 2 and in_channels == 4 and out_channels == 3)))
+        self.demosaic = s == 2
         self.up = wn_conv(nf, nf * s * s, 3)
         self.skip_up = wn_conv(in_channels, nf * s * s, 3)
         self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
@@ -266,5 +273,49 @@ class OutputHead(nn.Module):
         x = F.relu(self.hr(x))
         out = self.last(x) + self.skip_last(skip1)
         if self.residual:
-            out = out + src
+            out = out + (bilinear_demosaic(src) if self.demosaic else src)
         return out
+
+
+def _demosaic_kernel() -> Tensor:
+    """``(12, 4, 3, 3)``: packed ``R, G1, G2, B`` -> colour ``c`` at 2x2 position
+    ``(i, j)`` in output channel ``4 c + 2 i + j`` (PixelShuffle's order)."""
+    k = torch.zeros(3, 2, 2, 4, 3, 3)
+    R, G1, G2, B = range(4)
+
+    def put(c: int, i: int, j: int, plane: int, taps: list[tuple[int, int]]) -> None:
+        for dy, dx in taps:
+            k[c, i, j, plane, dy + 1, dx + 1] += 1.0 / len(taps)
+
+    # red sits at (0, 0) of each cell, blue at (1, 1), green at (0, 1) (G1) and (1, 0) (G2)
+    put(0, 0, 0, R, [(0, 0)])
+    put(0, 0, 1, R, [(0, 0), (0, 1)])
+    put(0, 1, 0, R, [(0, 0), (1, 0)])
+    put(0, 1, 1, R, [(0, 0), (0, 1), (1, 0), (1, 1)])
+    put(2, 1, 1, B, [(0, 0)])
+    put(2, 1, 0, B, [(0, -1), (0, 0)])
+    put(2, 0, 1, B, [(-1, 0), (0, 0)])
+    put(2, 0, 0, B, [(-1, -1), (-1, 0), (0, -1), (0, 0)])
+    put(1, 0, 1, G1, [(0, 0)])
+    put(1, 1, 0, G2, [(0, 0)])
+    for plane, taps in ((G1, [(0, -1), (0, 0)]), (G2, [(-1, 0), (0, 0)])):  # red site
+        for t in taps:
+            k[1, 0, 0, plane, t[0] + 1, t[1] + 1] += 0.25
+    for plane, taps in ((G1, [(0, 0), (1, 0)]), (G2, [(0, 0), (0, 1)])):  # blue site
+        for t in taps:
+            k[1, 1, 1, plane, t[0] + 1, t[1] + 1] += 0.25
+    return k.reshape(12, 4, 3, 3)
+
+
+_DEMOSAIC = _demosaic_kernel()
+
+
+def bilinear_demosaic(packed: Tensor) -> Tensor:
+    """Bilinear demosaic of packed RGGB planes: ``(B, 4, h, w)`` -> ``(B, 3, 2h, 2w)``.
+
+    Each missing colour is the mean of its nearest samples of that colour (edges
+    replicated), as :func:`cv2.demosaicing`'s bilinear mode does up to the border.
+    Linear in the input, so it is the raw stem's identity path.
+    """
+    x = F.pad(packed, (1, 1, 1, 1), mode="replicate")
+    return F.pixel_shuffle(F.conv2d(x, _DEMOSAIC.to(device=x.device, dtype=x.dtype)), 2)

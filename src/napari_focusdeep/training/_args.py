@@ -22,6 +22,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="first, middle, last or an index: the frame whose geometry the ground truths are in (default middle)",
     )
     p.add_argument("--no-register", action="store_true", help="the stacks in --data are already aligned")
+    p.add_argument(
+        "--raw", action="store_true",
+        help="train a raw-input network (packed RGGB in, linear camera RGB out) on simulated raw bursts, "
+        "starting from the shipped RGB weights unless --init says otherwise",
+    )
     p.add_argument("--architecture", default="focusdeep-any", choices=["focusdeep-any", "focusdeep", "unet"])
     p.add_argument("--model", default="{}", metavar="JSON", help='model keyword arguments, e.g. \'{"features": 32}\'')
     p.add_argument("--steps", type=int, default=1000)

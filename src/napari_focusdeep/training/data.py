@@ -11,6 +11,7 @@ frame's geometry.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -24,6 +25,7 @@ __all__ = [
     "SimConfig",
     "simulated_pair",
     "simulated_batches",
+    "simulated_raw_pair",
     "StackCrops",
     "validation_set",
     "psnr",
@@ -112,6 +114,38 @@ def simulated_pair(
     )
 
 
+def simulated_raw_pair(
+    rng: np.random.Generator, cfg: SimConfig, n_frames: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One simulated raw pair: ``(burst (N, 4, H/2, W/2), target (3, H, W))``.
+
+    A noise-free sRGB bracket from :func:`simulated_pair` is unprocessed
+    (:func:`~napari_focusdeep.training.unprocess.unprocess_burst`: inverse sRGB
+    curve, inverse colour matrix and white balance of a random camera, RGGB
+    mosaic packed into 4 planes) and gets shot + read noise in linear raw, a
+    Brooks et al. level per burst, drawn independently per frame; a
+    ``cfg.noise_free_fraction`` of bursts stays clean, as for RGB. The target is
+    the sharp image in linear camera RGB (no white balance), which is what a raw
+    network outputs and :func:`~napari_focusdeep.raw_fusion.fuse_raw` turns into
+    sRGB with the file's white balance and colour matrix. ``cfg.crop`` must be even.
+    """
+    from .unprocess import random_camera, unprocess_burst
+
+    if cfg.crop % 2 or cfg.channels != 3:
+        raise ValueError(f"raw pairs need an even crop and 3 channels, got crop {cfg.crop}, channels {cfg.channels}")
+    clean = dataclasses.replace(cfg, noise=False)  # shares the photo cache
+    frames, sharp = simulated_pair(rng, clean, n_frames)  # noise goes in after unprocessing, in linear raw
+    camera = random_camera(rng)  # drawn before the noise: a clean and a noisy run share the burst
+    noise = None
+    if cfg.noise and rng.random() >= cfg.noise_free_fraction:
+        noise = sample_noise(rng)
+    raw = unprocess_burst(frames.transpose(0, 2, 3, 1), sharp.transpose(1, 2, 0), camera=camera, noise=noise, seed=rng)
+    return (
+        np.ascontiguousarray(raw.frames.transpose(0, 3, 1, 2), dtype=np.float32),
+        np.ascontiguousarray(raw.target.transpose(2, 0, 1), dtype=np.float32),
+    )
+
+
 def simulated_batches(
     batch_size: int, cfg: SimConfig, *, seed: int = 0, fixed_frames: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -124,11 +158,13 @@ def simulated_batches(
 
 
 def validation_set(
-    count: int, cfg: SimConfig, *, seed: int = 10_000, fixed_frames: int | None = None
+    count: int, cfg: SimConfig, *, seed: int = 10_000, fixed_frames: int | None = None, raw: bool = False
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Held-out pairs from seeds the training stream never uses (it uses ``seed`` < 10 000)."""
+    """Held-out pairs from seeds the training stream never uses (it uses ``seed`` < 10 000);
+    ``raw=True``: :func:`simulated_raw_pair` pairs."""
     rng = np.random.default_rng(seed)
-    return [simulated_pair(rng, cfg, fixed_frames) for _ in range(count)]
+    pair = simulated_raw_pair if raw else simulated_pair
+    return [pair(rng, cfg, fixed_frames) for _ in range(count)]
 
 
 class StackCrops:

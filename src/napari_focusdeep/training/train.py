@@ -6,6 +6,12 @@ hyper-parameters, config) to a JSON file beside it. Batch ``k`` of a run depends
 only on ``(seed, k)``, so a run resumed from its checkpoint continues exactly as if
 it had never stopped.
 
+Raw mode (``TrainConfig.raw`` / ``--raw``) trains a ``stem="raw"`` network on
+simulated bursts unprocessed to packed RGGB raw with noise in linear raw
+(:func:`~.data.simulated_raw_pair`), against the linear camera RGB that
+:func:`~napari_focusdeep.raw_fusion.fuse_raw` expects from it; it starts from
+the shipped RGB weights (:func:`~napari_focusdeep.models.raw_init.init_raw_from_rgb`).
+
 Fine-tuning on a lab's own stacks (``TrainConfig.data`` / ``--data DIR``) starts from
 the architecture's shipped weights, holds stacks out for validation, scores the
 starting weights first and never writes weights worse than them (docs/model-card.md).
@@ -30,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ._args import add_train_arguments
-from .data import SimConfig, StackCrops, load_training_folder, psnr, simulated_pair, validation_set
+from .data import SimConfig, StackCrops, load_training_folder, psnr, simulated_pair, simulated_raw_pair, validation_set
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train", "l1_border_loss", "main"]
 
@@ -49,6 +55,9 @@ class TrainConfig:
     modules (e.g. ``("extract", "align")``) whose weights stay fixed. ``noise``:
     inject sensor noise on the fly (``True``: a random Brooks et al. level per
     crop); for one's own data also a fixed level, ``"low"``, ``"medium"`` or ``"high"``.
+    ``raw``: train a ``stem="raw"`` network on simulated raw bursts (packed RGGB in,
+    linear camera RGB out); ``init_weights="auto"`` then starts it from the
+    architecture's shipped RGB weights (see :mod:`napari_focusdeep.models.raw_init`).
     """
 
     architecture: str = "focusdeep-any"
@@ -79,6 +88,11 @@ class TrainConfig:
     pseudo_gt: str | None = None
     reference: str = "middle"
     register: bool = True
+    raw: bool = False
+
+
+#: Model arguments a raw run always uses: 4 packed planes in, RGB out.
+RAW_MODEL = {"stem": "raw", "in_channels": 4, "out_channels": 3}
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,23 @@ class TrainResult:
     stopped: str
 
 
+def srgb_curve(x: torch.Tensor) -> torch.Tensor:
+    """The sRGB encoding curve, extended linearly below its toe (negative values
+    included) so its gradient stays bounded; values above 1 are not clipped.
+
+    Raw runs compare output and target through it, as Brooks et al. compute their
+    loss after processing: in linear light an L1 loss all but ignores the shadows,
+    where the sRGB image shows noise and error most.
+    """
+    toe = x <= 0.0031308
+    return torch.where(toe, 12.92 * x, 1.055 * torch.clamp(x, min=0.0031308) ** (1 / 2.4) - 0.055)
+
+
+def _is_raw_pair(burst: np.ndarray, target: np.ndarray) -> bool:
+    """Packed planes in, colour out: a raw validation pair (scored through :func:`srgb_curve`)."""
+    return burst.shape[-3] == 4 and target.shape[-3] == 3
+
+
 def l1_border_loss(pred: torch.Tensor, target: torch.Tensor, border: int = 4) -> torch.Tensor:
     """Mean absolute error ignoring ``border`` pixels on each side (the paper's loss)."""
     if border:
@@ -125,7 +156,8 @@ class _SimBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, int(k)])
         n = self.cfg.fixed_frames or int(rng.integers(self.sim.frames[0], self.sim.frames[1] + 1))
-        pairs = [simulated_pair(rng, self.sim, n) for _ in range(self.cfg.batch_size)]
+        pair = simulated_raw_pair if self.cfg.raw else simulated_pair
+        pairs = [pair(rng, self.sim, n) for _ in range(self.cfg.batch_size)]
         return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
 
 
@@ -195,21 +227,42 @@ def _validate(model: torch.nn.Module, val: list, device: torch.device, amp: bool
     scores = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         for burst, target in val:
-            out = model(torch.from_numpy(burst)[None].to(device)).float().clamp(0, 1)
-            scores.append(psnr(out[0].cpu().numpy(), target, border=border))
+            out = model(torch.from_numpy(burst)[None].to(device)).float().clamp(0, 1)[0].cpu()
+            if _is_raw_pair(burst, target):
+                out, target = srgb_curve(out), srgb_curve(torch.from_numpy(target)).numpy()
+            scores.append(psnr(out.numpy(), target, border=border))
     model.train()
     return float(np.mean(scores))
 
 
 def classical_baseline(val: list, method: str = "pyramid", border: int = 4) -> float:
-    """Mean PSNR of a classical method on the validation pairs (for the log)."""
+    """Mean PSNR of a classical method on the validation pairs (for the log).
+
+    Raw pairs (4 packed planes in, 3 colours out) are demosaiced bilinearly
+    first, so the method fuses what a raw network's residual path starts from,
+    and are scored through :func:`srgb_curve`, as :func:`_validate` scores them.
+    """
     from ..fusion import fuse
 
     scores = []
     for burst, target in val:
-        res = fuse(burst.transpose(0, 2, 3, 1), method=method, register=False)
-        scores.append(psnr(res.image.transpose(2, 0, 1), target, border=border))
+        frames = burst.transpose(0, 2, 3, 1)
+        if _is_raw_pair(burst, target):
+            frames = demosaic_numpy(burst)
+        image = fuse(frames, method=method, register=False).image.transpose(2, 0, 1)
+        if _is_raw_pair(burst, target):
+            image, target = (srgb_curve(torch.from_numpy(np.ascontiguousarray(a))).numpy() for a in (image, target))
+        scores.append(psnr(image, target, border=border))
     return float(np.mean(scores))
+
+
+def demosaic_numpy(burst: np.ndarray) -> np.ndarray:
+    """Packed ``(N, 4, h, w)`` -> bilinearly demosaiced ``(N, 2h, 2w, 3)`` float32."""
+    from ..models.blocks import bilinear_demosaic
+
+    with torch.no_grad():
+        rgb = bilinear_demosaic(torch.from_numpy(np.ascontiguousarray(burst, np.float32)))
+    return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())
 
 
 class _CropBatches(torch.utils.data.Dataset):
@@ -234,7 +287,7 @@ def _resolve_init(cfg: TrainConfig, own_data: bool, say: Callable[[str], None]) 
     if init is None or str(init).lower() in ("", "none", "scratch"):
         return None
     if init == "auto":
-        if not own_data:
+        if not own_data and not cfg.raw:
             return None
         try:
             path = default_weights(cfg.architecture)
@@ -244,11 +297,15 @@ def _resolve_init(cfg: TrainConfig, own_data: bool, say: Callable[[str], None]) 
         from ..models.weights import read_config
 
         shipped = read_config(path)["kwargs"]
-        clash = {k: v for k, v in cfg.model.items() if k in shipped and shipped[k] != v}
+        ignore = set(RAW_MODEL) if cfg.raw else set()  # a raw run derives its stem from the RGB one
+        clash = {k: v for k, v in cfg.model.items() if k in shipped and shipped[k] != v and k not in ignore}
         if clash:
             say(f"the shipped {path.name} has another size than asked ({clash}): training from scratch")
             return None
-        say(f"fine-tuning from the shipped weights {path.name} (init none trains from scratch)")
+        if cfg.raw:
+            say(f"starting the raw network from the shipped RGB weights {path.name} (init none trains from scratch)")
+        else:
+            say(f"fine-tuning from the shipped weights {path.name} (init none trains from scratch)")
         return path
     path = resolve_weights(init)  # refuses pickles (.pt, .pth, .ckpt) before touching them
     say(f"starting from {path}")
@@ -327,6 +384,7 @@ def train(
     from ..models import build_model
     from ..models.weights import load_model_weights, read_config, save_weights
 
+    _check_raw(cfg, batches)
     out = Path(out_dir)
     ckpt = out / "checkpoint.safetensors"
     if resume and not ckpt.exists() and (out / f"{cfg.architecture}.safetensors").exists():
@@ -365,14 +423,25 @@ def train(
     own_data = folder is not None or crops is not None or batches is not None
     init = _resolve_init(cfg, own_data, say)
     model_kwargs = dict(cfg.model)
+    init_is_rgb = False
     if init is not None:
         wcfg = read_config(init)
         if wcfg["architecture"] != cfg.architecture:
             raise ValueError(f"{init.name} holds a {wcfg['architecture']} network, not {cfg.architecture}")
         model_kwargs = {**dict(wcfg["kwargs"]), **model_kwargs}  # the weights fix the size
+        init_is_rgb = wcfg.get("input", "rgb") != "raw"
+        if not cfg.raw and not init_is_rgb:
+            raise ValueError(f"{init.name} takes raw input; train it with raw=True (--raw)")
+    if cfg.raw:
+        model_kwargs.update(RAW_MODEL)
     model = build_model(cfg.architecture, **model_kwargs).to(device)
     n_fixed = getattr(model, "config", {}).get("n_frames")
-    if init is not None:
+    if init is not None and cfg.raw and init_is_rgb:
+        from ..models.raw_init import init_raw_from_rgb
+
+        done = init_raw_from_rgb(model, init)
+        say(f"{done['copied']} tensors copied from {init.name}; {', '.join(done['derived'])} derived from its RGB layers")
+    elif init is not None:
         load_model_weights(model, init)
     _apply_freeze(model, tuple(cfg.freeze))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -409,7 +478,7 @@ def train(
         say(f"resumed from step {step}")
     sim = SimConfig(crop=cfg.crop, frames=tuple(cfg.frames), noise=bool(cfg.noise))
     if val is None:
-        val = validation_set(cfg.val_count, sim, fixed_frames=cfg.fixed_frames)
+        val = validation_set(cfg.val_count, sim, fixed_frames=cfg.fixed_frames, raw=cfg.raw)
     wcfg_extra = {"init": str(init.name) if init is not None else None}
     if folder is not None:
         wcfg_extra["data"] = f"{cfg.data}: {folder.describe()}"
@@ -490,7 +559,10 @@ def train(
                 g["lr"] = _lr_at(cfg, fraction)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = model(burst)
-            loss = l1_border_loss(pred.float(), target, cfg.border)
+            pred = pred.float()
+            if cfg.raw:  # compared as the sRGB image will show them, not in linear light
+                pred, target = srgb_curve(pred), srgb_curve(target)
+            loss = l1_border_loss(pred, target, cfg.border)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip:
@@ -551,18 +623,37 @@ def train(
     return TrainResult(step, best, history, out, weights if weights.exists() else None, stopped)
 
 
+def _check_raw(cfg: TrainConfig, batches: Any) -> None:
+    """Raw runs draw simulated raw bursts: refuse what they cannot train on."""
+    if not cfg.raw:
+        return
+    if cfg.data or isinstance(batches, StackCrops):
+        raise ValueError("raw training runs on simulated raw bursts; a folder of stacks (--data) is RGB only")
+    if cfg.crop % 2:
+        raise ValueError(f"raw training needs an even crop (2x2 Bayer cells), got {cfg.crop}")
+    if cfg.architecture not in ("focusdeep", "focusdeep-any"):
+        raise ValueError(f"{cfg.architecture} has no raw input stem; use focusdeep-any or focusdeep")
+
+
 def _weights_config(
     cfg: TrainConfig, model: torch.nn.Module, step: int, best: float | None, history: list, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     extra = dict(extra or {})
-    data = extra.pop("data", None) or (
-        "simulated focus brackets (napari_focusdeep.training.simulate), procedural + scikit-image photos, Brooks noise"
-        if cfg.noise else "simulated, noise-free"
-    )
+    if cfg.raw:
+        data = extra.pop("data", None) or (
+            "simulated focus brackets unprocessed to packed RGGB raw (napari_focusdeep.training.unprocess, "
+            "Brooks et al.), shot + read noise in linear raw; target linear camera RGB"
+            if cfg.noise else "simulated raw, noise-free"
+        )
+    else:
+        data = extra.pop("data", None) or (
+            "simulated focus brackets (napari_focusdeep.training.simulate), procedural + scikit-image photos, Brooks noise"
+            if cfg.noise else "simulated, noise-free"
+        )
     return {
         "architecture": cfg.architecture,
         "kwargs": dict(cfg.model),
-        "input": "rgb",
+        "input": "raw" if cfg.raw else "rgb",
         "training": {
             "data": data,
             "noise_injected": cfg.noise,
@@ -608,7 +699,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         workers=a.workers, init_weights=a.init if a.init is not None else "auto", device=a.device, seed=a.seed,
         data=str(data) if data else None, pseudo_gt=None if pseudo in (None, "none") else pseudo,
         reference=_reference_arg(getattr(a, "reference", "middle")), register=not getattr(a, "no_register", False),
-        clock=getattr(a, "clock", "wall"), freeze=freeze,
+        clock=getattr(a, "clock", "wall"), freeze=freeze, raw=bool(getattr(a, "raw", False)),
     )
 
 
@@ -616,10 +707,15 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 #: undoes what the weights know: at 1e-4 and 5e-4 the validation PSNR of the fine-tuning
 #: benchmark fell 0.4 and 1.7 dB in the first 50 steps, see docs/model-card.md).
 PRETRAIN_LR, FINETUNE_LR = 2e-4, 5e-5
+#: A raw run starting from RGB weights: between the two, since its input domain
+#: (linear, unbalanced, mosaicked) is far from the RGB weights' (not tuned).
+RAW_FROM_RGB_LR = 1e-4
 
 
 def _default_lr(a: argparse.Namespace) -> float:
     scratch = a.init is not None and str(a.init).lower() in ("none", "scratch", "")
+    if getattr(a, "raw", False):
+        return PRETRAIN_LR if scratch else RAW_FROM_RGB_LR
     finetune = (getattr(a, "data", None) and not scratch) or (a.init is not None and not scratch)
     return FINETUNE_LR if finetune else PRETRAIN_LR
 
