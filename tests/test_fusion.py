@@ -246,3 +246,56 @@ def test_identical_frames_are_reproduced(method):
     frames = np.repeat(sim.frames, 5, axis=0)
     out, _ = run_accumulator(method, frames)
     assert np.abs(out - frames[0]).max() < 1e-4
+
+
+# -- noise-aware selection (pyramid) -------------------------------------------------------
+def test_pyramid_averages_noise_instead_of_selecting_it():
+    # Max selection picks the largest noise excursion wherever no frame is sharp; the
+    # noise-aware default averages there and still selects real detail.
+    noisy = make_stack((160, 160), 12, 1, noise="high", max_blur=8.0, seed=5)
+    auto = fuse(noisy.frames, register=False)
+    hard = fuse(noisy.frames, register=False, noise=0)
+    assert auto.info["options"]["noise"] > 0.01
+    gain = psnr(to_unit(auto.image), noisy.sharp) - psnr(to_unit(hard.image), noisy.sharp)
+    assert gain > 1.5, gain
+    clean = make_stack((160, 160), 12, 1, noise=None, max_blur=8.0, seed=5)
+    a = psnr(to_unit(fuse(clean.frames, register=False).image), clean.sharp)
+    h = psnr(to_unit(fuse(clean.frames, register=False, noise=0).image), clean.sharp)
+    assert a > h - 0.2, (a, h)
+
+
+def test_noise_estimate_recovers_a_known_level():
+    from napari_focusdeep.fusion.pyramid import estimate_noise, noise_sigma
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:300, :400] / 400.0
+    smooth = (0.5 + 0.3 * np.sin(6 * xx) * np.cos(4 * yy)).astype(np.float32)
+    assert noise_sigma(smooth) < 1e-3
+    for sigma in (0.005, 0.02, 0.08):
+        frames = np.stack([smooth + rng.normal(0, sigma, smooth.shape).astype(np.float32) for _ in range(3)])
+        est = estimate_noise(frames[..., None])
+        assert abs(est - sigma) < 0.12 * sigma, (est, sigma)
+
+
+def test_pyramid_noise_options_are_checked():
+    sim = make_stack((40, 40), 3, 1)
+    for bad in ({"noise": -0.1}, {"noise": "high"}, {"noise": float("nan")}, {"tau": 0}, {"tau": -1}):
+        with pytest.raises(ValueError):
+            fuse(sim.frames, register=False, **bad)
+    # an explicit level is used as given, not re-estimated
+    assert fuse(sim.frames, register=False, noise=0.03).info["options"]["noise"] == 0.03
+
+
+def test_soft_and_hard_selection_stream_in_constant_memory_per_level():
+    # the online softmax keeps C + 2 planes per level, as max selection does
+    from napari_focusdeep.fusion.pyramid import PyramidFusion
+
+    rng = np.random.default_rng(1)
+    for noise in (0.0, 0.02):
+        acc = PyramidFusion(4, (64, 64, 3), levels=3, noise=noise)
+        for _ in range(4):
+            f = rng.random((64, 64, 3), dtype=np.float32)
+            acc.add(f, f.mean(-1))
+        planes = sum(a.size for a in acc.coef) + sum(a.size for a in acc.best) + sum(a.size for a in acc.wsum)
+        level_pixels = sum(h * w for h, w in acc.sizes[:-1])
+        assert planes <= 5 * level_pixels

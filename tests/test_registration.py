@@ -431,3 +431,25 @@ def test_warp_frame_inverts_the_synthetic_motion(stack, middle):
         a = cv2.GaussianBlur(back, (0, 0), 3)[y0 + 8 : y1 - 8, x0 + 8 : x1 - 8]
         b = cv2.GaussianBlur(frames[ref], (0, 0), 3)[y0 + 8 : y1 - 8, x0 + 8 : x1 - 8]
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.97
+
+
+def test_cubic_resampling_keeps_fine_detail_and_stays_in_range():
+    from napari_focusdeep.registration import warp_frame
+
+    rng = np.random.default_rng(4)
+    img = cv2.GaussianBlur(rng.random((96, 96), dtype=np.float32), (0, 0), 0.8)
+    there = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])
+    back = np.linalg.inv(there)
+    err = {}
+    for interp in ("linear", "cubic"):
+        out = warp_frame(warp_frame(img, there, interpolation=interp), back, interpolation=interp)
+        err[interp] = float(np.abs(out - img)[8:-8, 8:-8].mean())
+        assert img.min() <= out.min() and out.max() <= img.max()
+    assert err["cubic"] < 0.6 * err["linear"], err
+
+
+def test_fuse_refuses_an_unknown_interpolation_before_registering():
+    from napari_focusdeep.fusion import fuse
+
+    with pytest.raises(ValueError, match="interpolation"):
+        fuse(np.zeros((3, 32, 32), np.float32), interpolation="bicubic")

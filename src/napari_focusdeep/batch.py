@@ -729,14 +729,17 @@ def _estimate_task(source: Path, timepoint: int | None, motion: str, reference: 
     return estimate_transforms(data, motion=motion, reference=reference)
 
 
-def _spill_task(source: Path, timepoint: int | None, transforms: Any, frames: list[int], spill: str) -> int:
+def _spill_task(
+    source: Path, timepoint: int | None, transforms: Any, frames: list[int], spill: str, interpolation: str = "cubic"
+) -> int:
     """Read (and warp) ``frames`` into the shared ``(Z, Y, X, C)`` memory-mapped file."""
     from .registration import apply_transforms
 
     stack = _read(source, timepoint)
     data = stack.data if stack.has_channels else stack.data[..., None]
     if transforms is not None:
-        data = apply_transforms(data, transforms)  # lazy: only the frames asked for are warped
+        # lazy: only the frames asked for are warped
+        data = apply_transforms(data, transforms, interpolation=interpolation)
     mm = np.load(spill, mmap_mode="r+")
     for z in frames:
         mm[z] = np.asarray(data[z])
@@ -780,6 +783,7 @@ def fuse_blocks_distributed(
     reference: str | int = "middle",
     motion: str = "affine",
     transforms: Any = None,
+    interpolation: str = "cubic",
     channel: int | str | None = None,
     block_size: int | None = None,
     scratch: str | os.PathLike | None = None,
@@ -805,7 +809,7 @@ def fuse_blocks_distributed(
     client : distributed.Client
     timepoint : int, optional
         Time point of a stack with a T axis (required for those).
-    method, register, reference, motion, transforms, channel, block_size, **options
+    method, register, reference, motion, transforms, interpolation, channel, block_size, **options
         As for :func:`~napari_focusdeep.fusion.fuse`.
     scratch : path-like, optional
         Folder for the mapped frames, readable and writable by every worker (on a
@@ -855,11 +859,14 @@ def fuse_blocks_distributed(
         # a few frame groups per worker thread: each task re-opens the stack's header once
         slots = max(1, sum(client.nthreads().values()))
         groups = [g.tolist() for g in np.array_split(np.arange(n), min(n, 2 * slots)) if len(g)]
-        futures = [client.submit(_spill_task, path, timepoint, tf, g, spill, pure=False) for g in groups]
+        futures = [client.submit(_spill_task, path, timepoint, tf, g, spill, interpolation, pure=False) for g in groups]
         done = 0
         for fut in as_completed(futures, loop=client.loop):
             done += fut.result()
             report(Progress(done, n, "prepare", "reading and registering frames"))
+        if meth.prepare is not None:
+            # whole-stack options (pyramid's noise level), resolved once as fuse() does
+            opts = meth.prepare(np.load(spill, mmap_mode="r"), channel, dict(opts))
         futures = [client.submit(_block_task, spill, b, meth.name, opts, channel, ramp, pure=False) for b in blocks]
         where = {f.key: b for f, b in zip(futures, blocks)}
         image = np.zeros((h, w, c), np.float32)

@@ -202,6 +202,7 @@ def fuse_iter(
     reference: str | int = "middle",
     motion: str = "affine",
     transforms: Any = None,
+    interpolation: str = "cubic",
     channel: int | str | None = None,
     block_size: int | None = None,
     return_registered: bool = False,
@@ -223,6 +224,10 @@ def fuse_iter(
     # Validate the options before registering: a deep method finds its weights here,
     # so a missing weights file fails at once rather than after minutes of ECC.
     meth.halo(**opts)
+    from ..registration import INTERPOLATIONS
+
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     n_t = stack.n_timepoints
     images, depths = [], []
     result_transforms = None
@@ -254,7 +259,7 @@ def fuse_iter(
         if tf is not None:
             from ..registration import apply_transforms
 
-            data = apply_transforms(data, tf)
+            data = apply_transforms(data, tf, interpolation=interpolation)
         result_transforms = tf
         image, depth, info = yield from _fuse_zstack(data, meth, opts, channel, block_size)
         images.append(from_float(image if zstack.has_channels else image[..., 0], stack.dtype))
@@ -346,6 +351,8 @@ def _fuse_zstack(
     ramp = int(opts.get("ramp", 0)) if meth.blend else 0
     # ``tile`` is the deep methods' name for the block size.
     block = int(block_size or opts.get("block_size") or opts.get("tile") or meth.default_block)
+    if meth.prepare is not None:
+        opts = meth.prepare(data, channel, dict(opts))
     spill_dir = None
     try:
         while True:
@@ -358,7 +365,8 @@ def _fuse_zstack(
                 data = yield from _spill(data, spill_dir / "stack.npy")
             try:
                 image, depth = yield from _fuse_blocks(data, blocks, meth, opts, channel, ramp)
-                return image, depth, {"blocks": len(blocks), "halo": halo, "block_size": block}
+                resolved = {k: opts[k] for k in meth.options if k in opts}  # e.g. the noise level "auto" found
+                return image, depth, {"blocks": len(blocks), "halo": halo, "block_size": block, "options": resolved}
             except TileOutOfMemory as exc:
                 reason = str(exc)
             # Out of memory on a block (a GPU, usually): free what the method cached and
@@ -453,6 +461,7 @@ def fuse(
     reference: str | int = "middle",
     motion: str = "affine",
     transforms: Any = None,
+    interpolation: str = "cubic",
     channel: int | str | None = None,
     block_size: int | None = None,
     return_registered: bool = False,
@@ -478,6 +487,10 @@ def fuse(
         Registration model.
     transforms : Transforms, optional
         Apply these (e.g. estimated on another channel) instead of estimating.
+    interpolation : {"cubic", "linear", "lanczos", "nearest"}
+        How registered frames are resampled. Bilinear resampling blurs a frame
+        shifted by half a pixel to about half its finest detail; cubic keeps it
+        (+1.5 dB on clean synthetic stacks, docs/peers.md), at a little more time.
     channel : int, "luminance", "max" or None
         What focus is measured on; the selection applies to all channels.
     block_size : int, optional
@@ -514,6 +527,7 @@ def fuse(
         reference=reference,
         motion=motion,
         transforms=transforms,
+        interpolation=interpolation,
         channel=channel,
         block_size=block_size,
         return_registered=return_registered,

@@ -1,25 +1,36 @@
 """``pyramid``: Laplacian-pyramid fusion, the default method.
 
 After Burt & Adelson (1983) and Burt & Kolczynski (1993), the scheme Zerene
-Stacker's PMax and most focus-stacking software build on:
+Stacker's PMax and most focus-stacking software build on, made noise-aware:
 
 1. Each frame (all channels, plus its selection image ``focus`` as one extra
    channel) is decomposed into a Laplacian pyramid of ``levels`` detail levels and
    a coarse Gaussian base, with ``cv2.pyrDown``/``cv2.pyrUp``.
-2. At every detail level and position the frame with the largest *activity* wins:
-   activity is ``|coefficient|`` of the focus channel averaged over a
-   ``window x window`` box at that level. Averaging over an area (rather than
-   comparing single coefficients) is the consistency check that keeps neighbouring
-   coefficients from coming from different frames at random (salt-and-pepper
-   selection noise, ringing). The winning frame's coefficients are taken for all
-   channels, so colours stay consistent.
-3. The base level is the mean over frames (defocus preserves the mean, so the
+2. At every detail level and position each frame gets an *activity*: ``|coefficient|``
+   of the focus channel averaged over a ``window x window`` box at that level.
+   Averaging over an area (rather than comparing single coefficients) is the
+   consistency check that keeps neighbouring coefficients from coming from different
+   frames at random (salt-and-pepper selection noise, ringing).
+3. The frames' coefficients are combined with softmax weights
+   ``exp(activity**2 / (tau * s_k**2))``, where ``s_k`` is the noise's standard
+   deviation at level ``k``. Where one frame's detail stands well above the noise it
+   wins outright (classical max selection); where the frames differ by no more than
+   the noise, no frame is truly sharper and they are averaged, which lowers the noise
+   instead of picking its largest excursion. Hard max selection does the latter and
+   is what makes classical stackers noisier than their inputs. The weights apply to
+   all channels, so colours stay consistent.
+4. The base level is the mean over frames (defocus preserves the mean, so the
    average is the least noisy estimate of the low frequencies).
-4. The fused pyramid is collapsed with ``cv2.pyrUp``.
+5. The fused pyramid is collapsed with ``cv2.pyrUp``.
 
-Streaming: per level only the best activity so far and the winning coefficients
-are kept (about ``(C + 1) * 4/3`` planes), plus a running sum of the bases, so the
-memory does not grow with the number of frames.
+The noise level is measured once per stack (:func:`estimate_noise`, before any block
+is fused, so block-wise fusion equals whole-image fusion). On the held-out synthetic
+stacks of docs/peers.md this rule gains about 3 dB over max selection on noisy stacks
+and loses nothing on clean ones.
+
+Streaming: per level only the running softmax (maximum logit, weight sum and the
+weighted coefficient sum, ``C + 2`` planes, as max selection needs), plus a running
+sum of the bases, so the memory does not grow with the number of frames.
 
 The depth map is the arg-max of a smoothed focus measure at full resolution
 (:class:`napari_focusdeep.fusion._focus.DepthTracker`).
@@ -34,11 +45,18 @@ levels : int, default 6
     never happens to a block of a larger image.
 window : int, default 5
     Side of the activity box, in pixels of each level (odd; 1 = per-coefficient).
+noise : "auto" or float, default "auto"
+    Standard deviation of the noise in the selection image, in units of the
+    normalised intensity (full scale = 1). ``"auto"`` measures it
+    (:func:`estimate_noise`); ``0`` gives classical hard max selection.
+tau : float, default 2.0
+    Softness of the selection in units of the noise energy: larger averages more.
+    Chosen on a development set of simulated stacks that is not the scored one.
 """
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import cv2
@@ -47,9 +65,9 @@ import numpy as np
 from ._focus import DepthTracker, by_channels, check_options, masked_copy, depth_halo, focus_measure
 from .registry import Method, register_method
 
-__all__ = ["PyramidFusion", "pyramid_levels", "pyramid_halo"]
+__all__ = ["PyramidFusion", "pyramid_levels", "pyramid_halo", "estimate_noise", "noise_sigma", "level_noise_gains"]
 
-DEFAULTS: dict[str, Any] = {"levels": 6, "window": 5}
+DEFAULTS: dict[str, Any] = {"levels": 6, "window": 5, "noise": "auto", "tau": 2.0}
 
 
 def pyramid_levels(shape: tuple[int, int], levels: int) -> int:
@@ -68,7 +86,9 @@ def _check(levels: int, window: int) -> tuple[int, int]:
     return levels, window
 
 
-def pyramid_halo(levels: int = DEFAULTS["levels"], window: int = DEFAULTS["window"], **options: Any) -> int:
+def pyramid_halo(
+    levels: int = DEFAULTS["levels"], window: int = DEFAULTS["window"], noise: Any = "auto", tau: Any = 2.0, **options: Any
+) -> int:
     """Context (pixels) a block needs for pyramid fusion to equal the whole image's.
 
     Exact supports, in full-resolution pixels (``r = window // 2``):
@@ -85,9 +105,99 @@ def pyramid_halo(levels: int = DEFAULTS["levels"], window: int = DEFAULTS["windo
     """
     check_options("pyramid", options, DEFAULTS)  # the driver validates options through here
     levels, window = _check(levels, window)
+    _check_noise(noise, tau)
     r = window // 2
     reach = (8 + r) * 2 ** max(levels - 1, 0) + 2**levels
     return max(reach, depth_halo())
+
+
+def _check_noise(noise: Any, tau: Any) -> tuple[float | str, float]:
+    if isinstance(noise, str):
+        if noise != "auto":
+            raise ValueError(f"noise must be 'auto' or a number >= 0, got {noise!r}")
+    else:
+        noise = float(noise)
+        if not math.isfinite(noise) or noise < 0:
+            raise ValueError(f"noise must be 'auto' or a number >= 0, got {noise!r}")
+    tau = float(tau)
+    if not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    return noise, tau
+
+
+@cache
+def level_noise_gains(levels: int) -> tuple[float, ...]:
+    """Standard deviation of each Laplacian detail level for unit white noise.
+
+    Measured once on a white-noise image (deterministic seed): level ``k``'s noise
+    is the input's noise times ``gains[k]`` (about 0.94, 0.23, 0.10, then halving,
+    which is how levels beyond the eighth are extrapolated).
+    """
+    measured = min(levels, 8)
+    g = np.random.default_rng(0).standard_normal((2 ** (measured + 4),) * 2).astype(np.float32)
+    gains: list[float] = []
+    for _ in range(measured):
+        down = cv2.pyrDown(g)
+        detail = g - cv2.pyrUp(down, dstsize=(g.shape[1], g.shape[0]))
+        m = detail.shape[0] // 8  # away from the reflected border
+        gains.append(float(detail[m:-m, m:-m].std()))
+        g = down
+    while len(gains) < levels:
+        gains.append(gains[-1] * 0.5)
+    return tuple(gains)
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Noise standard deviation of one 2-D image, by Donoho & Johnstone's rule.
+
+    The median absolute finest diagonal (Haar) wavelet coefficient over 0.6745: the
+    diagonal detail of a natural image is mostly noise, and the median ignores the
+    edges that are not. ``skimage.restoration.estimate_sigma`` does the same with
+    Daubechies wavelets, but importing it costs the command line about 2 s.
+    """
+    x = np.asarray(image, np.float32)
+    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    if h == 0 or w == 0:
+        return 0.0
+    x = x[:h, :w]
+    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) * np.float32(0.5)
+    return float(np.median(np.abs(hh))) / 0.6745
+
+
+def estimate_noise(data: Any, channel: int | str | None = None, *, crop: int = 1024) -> float:
+    """Noise level of a registered stack's selection image, for ``noise="auto"``.
+
+    Parameters
+    ----------
+    data : array-like
+        ``(Z, Y, X, C)`` frames, numpy or lazy dask (any dtype the driver reads).
+    channel : int, str or None
+        What focus is measured on (see :func:`~napari_focusdeep.fusion.core.selection_image`).
+    crop : int
+        Side of the central crop measured (bounds the cost on very large frames).
+
+    Returns
+    -------
+    float
+        The smallest of the first, middle and last frames' estimates (:func:`noise_sigma`).
+        Defocused frames hold the least structure, so the smallest estimate is the
+        least inflated by image detail.
+    """
+    from .core import selection_image, to_float
+
+    n, h, w = (int(s) for s in data.shape[:3])
+    y0, x0 = max((h - crop) // 2, 0), max((w - crop) // 2, 0)
+    sigmas = []
+    for z in sorted({0, n // 2, n - 1}):
+        frame = to_float(np.asarray(data[z, y0 : y0 + crop, x0 : x0 + crop]))
+        sigmas.append(noise_sigma(selection_image(frame, channel)))
+    return min(sigmas)
+
+
+def _prepare(data: Any, channel: int | str | None, options: dict[str, Any]) -> dict[str, Any]:
+    if options.get("noise", DEFAULTS["noise"]) == "auto":
+        options["noise"] = round(estimate_noise(data, channel), 7)
+    return options
 
 
 class PyramidFusion:
@@ -100,23 +210,33 @@ class PyramidFusion:
         *,
         levels: int = DEFAULTS["levels"],
         window: int = DEFAULTS["window"],
+        noise: float | str = DEFAULTS["noise"],
+        tau: float = DEFAULTS["tau"],
         **options: Any,
     ):
         check_options("pyramid", options, DEFAULTS)
         levels, window = _check(levels, window)
+        noise, tau = _check_noise(noise, tau)
         h, w, c = (int(s) for s in shape)
         self.c = c
         self.levels = pyramid_levels((h, w), levels)
         self.window = window
+        self.tau = tau
+        # fuse() resolves "auto" for the whole stack first (see _prepare); a caller that
+        # builds the accumulator itself gets the first frame's estimate instead
+        self.noise = None if noise == "auto" else noise
         self.n = 0
         self.sizes = [(h, w)]
         for _ in range(self.levels):
             ph, pw = self.sizes[-1]
             self.sizes.append(((ph + 1) // 2, (pw + 1) // 2))
-        self.best: list[np.ndarray] = []  # activity of the current winner, per level
-        # winning coefficients (H_k, W_k, C + 1) per level; the focus channel rides along
-        # because copying whole pixels with a mask is much faster than a channel subset
+        # per level: hard selection keeps the winner's activity (best) and coefficients
+        # (coef, with the focus channel riding along: masked copies of whole pixels are
+        # faster than of a channel subset); soft selection keeps the running softmax:
+        # largest logit so far (best), weight sum (wsum) and weighted sum (coef)
+        self.best: list[np.ndarray] = []
         self.coef: list[np.ndarray] = []
+        self.wsum: list[np.ndarray] = []
         self.base = np.zeros(self.sizes[-1] + (c,), np.float32)
         self.depth = DepthTracker((h, w))
 
@@ -126,23 +246,56 @@ class PyramidFusion:
             a = cv2.boxFilter(a, -1, (self.window, self.window), borderType=cv2.BORDER_REFLECT_101)
         return a
 
+    def _add_hard(self, k: int, detail: np.ndarray, act: np.ndarray) -> None:
+        if len(self.best) == k:
+            self.best.append(act)
+            self.coef.append(detail)
+        else:
+            better = cv2.compare(act, self.best[k], cv2.CMP_GT)
+            masked_copy(self.best[k], act, better)
+            masked_copy(self.coef[k], detail, better)
+
+    def _add_soft(self, k: int, detail: np.ndarray, act: np.ndarray) -> None:
+        # online softmax (as in streaming attention): rescale the sums whenever the
+        # running maximum logit rises, so no exp() ever overflows
+        logit = cv2.multiply(act, act, scale=float(self.scale[k]))
+        coef = detail[..., : self.c]
+        if len(self.best) == k:
+            self.best.append(logit)
+            self.wsum.append(np.ones_like(logit))
+            self.coef.append(np.array(coef))
+            return
+        top = np.maximum(self.best[k], logit)
+        rescale = cv2.exp(self.best[k] - top)
+        weight = cv2.exp(logit - top)
+        self.best[k] = top
+        self.wsum[k] *= rescale
+        self.wsum[k] += weight
+        self.coef[k] *= rescale[..., None]
+        self.coef[k] += coef * weight[..., None]
+
+    @property
+    def hard(self) -> bool:
+        return self.noise == 0
+
+    def _set_noise(self, noise: float) -> None:
+        self.noise = noise
+        gains = level_noise_gains(max(self.levels, 1))
+        # logit = activity**2 * scale[k]; the floor keeps a near-noiseless stack finite
+        self.scale = [np.float32(1.0 / (self.tau * max(noise * gains[k], 1e-6) ** 2)) for k in range(self.levels)]
+
     def add(self, frame: np.ndarray, focus: np.ndarray) -> None:
         """Fold one frame ``(H, W, C)`` and its selection image ``(H, W)`` in."""
+        if self.n == 0:
+            self._set_noise(noise_sigma(focus) if self.noise is None else self.noise)
         c = self.c
         g = np.concatenate([frame, focus[..., None]], axis=-1).astype(np.float32, copy=False)
-        first = self.n == 0
         for k in range(self.levels):
             down = by_channels(cv2.pyrDown, g)
             up = by_channels(partial(cv2.pyrUp, dstsize=(self.sizes[k][1], self.sizes[k][0])), down)
             detail = g - up
             act = self._activity(detail[..., c])
-            if first:
-                self.best.append(act)
-                self.coef.append(detail)
-            else:
-                better = cv2.compare(act, self.best[k], cv2.CMP_GT)
-                masked_copy(self.best[k], act, better)
-                masked_copy(self.coef[k], detail, better)
+            (self._add_hard if self.hard else self._add_soft)(k, detail, act)
             g = down
         self.base += g[..., :c]
         self.depth.add(focus_measure(focus))
@@ -156,7 +309,10 @@ class PyramidFusion:
         for k in range(self.levels - 1, -1, -1):
             hk, wk = self.sizes[k]
             out = by_channels(partial(cv2.pyrUp, dstsize=(wk, hk)), out)
-            out += self.coef[k][..., : self.c]
+            if self.hard:
+                out += self.coef[k][..., : self.c]
+            else:
+                out += self.coef[k] / self.wsum[k][..., None]
         return np.ascontiguousarray(out, dtype=np.float32), self.depth.finish()
 
 
@@ -172,12 +328,13 @@ def _align(levels: int = DEFAULTS["levels"], **_: Any) -> int:
 register_method(
     Method(
         name="pyramid",
-        description="Laplacian pyramid, area-based max selection (default; sharp, few halos)",
+        description="Laplacian pyramid, noise-aware soft selection (default; sharp, few halos, averages noise)",
         make=_make,
         halo=pyramid_halo,
         align=_align,
         kind="classical",
         options=dict(DEFAULTS),
         default_block=4096,
+        prepare=_prepare,
     )
 )

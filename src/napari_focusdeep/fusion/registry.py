@@ -70,6 +70,12 @@ class Method:
     release : callable, optional
         ``release()`` is called after every z-stack (and before an out-of-memory
         retry) to free cached device memory.
+    prepare : callable, optional
+        ``prepare(data, channel, options) -> options`` is called once per z-stack,
+        on the registered ``(Z, Y, X, C)`` frames (lazy), before any block is fused.
+        It resolves options that depend on the whole stack (``pyramid``'s
+        ``noise="auto"``), so that every block of a block-wise run uses the same
+        values and block-wise fusion still equals whole-image fusion.
     """
 
     name: str
@@ -82,6 +88,7 @@ class Method:
     blend: bool = False
     default_block: int = 4096
     release: Callable[[], None] | None = None
+    prepare: Callable[[Any, Any, dict[str, Any]], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}
