@@ -59,6 +59,32 @@ def test_existing_output_is_not_overwritten(frames_dir, tmp_path, capsys):
     assert tifffile.imread(out).shape == (96, 128, 3)
 
 
+def test_method_options_and_interpolation_reach_fuse(frames_dir, sim, tmp_path, capsys):
+    from napari_focusdeep.fusion import fuse
+    from napari_focusdeep.io import read_stack
+
+    out = tmp_path / "hard.tif"
+    argv = ["fuse", str(frames_dir), "-o", str(out), "--option", "noise=0", "--option", "window=3", "--interpolation", "linear"]
+    assert main(argv) == 0
+    want = fuse(read_stack(frames_dir), noise=0, window=3, interpolation="linear").image
+    np.testing.assert_array_equal(tifffile.imread(out), want)
+    assert main(["fuse", str(frames_dir), "-o", str(tmp_path / "soft.tif")]) == 0
+    assert not np.array_equal(tifffile.imread(tmp_path / "soft.tif"), want)  # the default is not max selection
+    # argparse rejects a malformed flag itself (SystemExit 2); the method rejects bad values
+    for bad, by_argparse in ((["--option", "nois=0"], False), (["--option", "noise=-1"], False),
+                             (["--option", "noise"], True), (["--interpolation", "bicubic"], True)):
+        argv = ["fuse", str(frames_dir), "-o", str(tmp_path / "bad.tif"), *bad]
+        if by_argparse:
+            with pytest.raises(SystemExit) as exc:
+                main(argv)
+            assert exc.value.code == 2
+        else:
+            assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error" in err and "Traceback" not in err
+        assert not (tmp_path / "bad.tif").exists()
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -91,6 +91,19 @@ class _Choices:
         return iter(self._values())
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value); the value is an int, a float or else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
 def _check_method(name: str, options: dict[str, Any]) -> bool:
     """Check a method and its options before any slow work; True for a deep method.
 
@@ -101,7 +114,10 @@ def _check_method(name: str, options: dict[str, Any]) -> bool:
     from .fusion.registry import get_method
 
     meth = get_method(name)
-    meth.halo(**{**meth.options, **options})
+    try:
+        meth.halo(**{**meth.options, **options})
+    except TypeError as exc:  # an unknown --option names the ones the method takes
+        raise UsageError(str(exc)) from None
     return meth.kind == "deep"
 
 
@@ -141,7 +157,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         return _fuse_raw(args, out)
     if args.linear_output:
         raise UsageError("--linear-output applies to camera raw input only")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(args.option)
     for name in ("device", "weights", "tile"):
         value = getattr(args, name)
         if value is not None:
@@ -168,6 +184,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             reference=args.reference,
             motion=args.motion,
             transforms=transforms,
+            interpolation=args.interpolation,
             channel=args.channel,
             block_size=args.block_size,
             progress=update,
@@ -531,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", metavar="PATH", help="apply these saved transforms instead of registering")
     p.add_argument("--crop-valid", action="store_true", help="crop to the region every registered frame covers")
     p.add_argument("--block-size", type=int, default=None, metavar="PIXELS", help="fuse in blocks to bound memory")
+    p.add_argument("--interpolation", default="cubic", choices=["cubic", "linear", "lanczos", "nearest"],
+                   help="how registered frames are resampled (default cubic: keeps fine detail)")
+    p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="a method option, repeatable, e.g. --option noise=0 (pyramid: classical max selection); "
+                        "see the method's documentation")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="deep models: where to run")
     p.add_argument("--tile", type=int, default=None, metavar="PIXELS", help="deep models: tile size")
     p.add_argument("--weights", default=None, metavar="PATH", help="deep models: a .safetensors weights file")
