@@ -231,9 +231,8 @@ class PyramidFusion:
             ph, pw = self.sizes[-1]
             self.sizes.append(((ph + 1) // 2, (pw + 1) // 2))
         # per level: hard selection keeps the winner's activity (best) and coefficients
-        # (coef, with the focus channel riding along: masked copies of whole pixels are
-        # faster than of a channel subset); soft selection keeps the running softmax:
-        # largest logit so far (best), weight sum (wsum) and weighted sum (coef)
+        # (coef); soft selection keeps the running softmax: largest logit so far (best),
+        # weight sum (wsum) and weighted coefficient sum (coef)
         self.best: list[np.ndarray] = []
         self.coef: list[np.ndarray] = []
         self.wsum: list[np.ndarray] = []
@@ -241,7 +240,7 @@ class PyramidFusion:
         self.depth = DepthTracker((h, w))
 
     def _activity(self, detail: np.ndarray) -> np.ndarray:
-        a = np.abs(detail)
+        a = np.abs(detail, out=detail)  # the focus detail is not needed after this
         if self.window > 1:
             a = cv2.boxFilter(a, -1, (self.window, self.window), borderType=cv2.BORDER_REFLECT_101)
         return a
@@ -256,23 +255,24 @@ class PyramidFusion:
             masked_copy(self.coef[k], detail, better)
 
     def _add_soft(self, k: int, detail: np.ndarray, act: np.ndarray) -> None:
-        # online softmax (as in streaming attention): rescale the sums whenever the
-        # running maximum logit rises, so no exp() ever overflows
-        logit = cv2.multiply(act, act, scale=float(self.scale[k]))
-        coef = detail[..., : self.c]
+        # Online softmax (as in streaming attention): rescale the sums whenever the
+        # running maximum logit rises, so no exp() ever overflows. Everything is done
+        # in place in buffers this frame owns: at 12 MP a level-0 plane is 48 MB.
+        logit = cv2.multiply(act, act, dst=act, scale=float(self.scale[k]))
         if len(self.best) == k:
             self.best.append(logit)
             self.wsum.append(np.ones_like(logit))
-            self.coef.append(np.array(coef))
+            self.coef.append(detail)
             return
         top = np.maximum(self.best[k], logit)
-        rescale = cv2.exp(self.best[k] - top)
-        weight = cv2.exp(logit - top)
-        self.best[k] = top
+        rescale = cv2.exp(np.subtract(self.best[k], top, out=self.best[k]), dst=self.best[k])
+        weight = cv2.exp(np.subtract(logit, top, out=logit), dst=logit)
         self.wsum[k] *= rescale
         self.wsum[k] += weight
         self.coef[k] *= rescale[..., None]
-        self.coef[k] += coef * weight[..., None]
+        detail *= weight[..., None]
+        self.coef[k] += detail
+        self.best[k] = top
 
     @property
     def hard(self) -> bool:
@@ -286,19 +286,24 @@ class PyramidFusion:
 
     def add(self, frame: np.ndarray, focus: np.ndarray) -> None:
         """Fold one frame ``(H, W, C)`` and its selection image ``(H, W)`` in."""
+        focus = np.asarray(focus, np.float32)
         if self.n == 0:
             self._set_noise(noise_sigma(focus) if self.noise is None else self.noise)
-        c = self.c
-        g = np.concatenate([frame, focus[..., None]], axis=-1).astype(np.float32, copy=False)
-        for k in range(self.levels):
-            down = by_channels(cv2.pyrDown, g)
-            up = by_channels(partial(cv2.pyrUp, dstsize=(self.sizes[k][1], self.sizes[k][0])), down)
-            detail = g - up
-            act = self._activity(detail[..., c])
-            (self._add_hard if self.hard else self._add_soft)(k, detail, act)
-            g = down
-        self.base += g[..., :c]
         self.depth.add(focus_measure(focus))
+        # The frame's and the focus image's pyramids are built side by side rather than
+        # as one (C + 1)-channel image: no concatenated copy of the frame, and each
+        # detail level is computed in the buffer its upsampling allocated.
+        g, f = np.asarray(frame, np.float32), focus
+        for k in range(self.levels):
+            size = (self.sizes[k][1], self.sizes[k][0])
+            down, fdown = by_channels(cv2.pyrDown, g), cv2.pyrDown(f)
+            detail = by_channels(partial(cv2.pyrUp, dstsize=size), down)
+            np.subtract(g, detail, out=detail)
+            fdetail = cv2.pyrUp(fdown, dstsize=size)
+            act = self._activity(np.subtract(f, fdetail, out=fdetail))
+            (self._add_hard if self.hard else self._add_soft)(k, detail, act)
+            g, f = down, fdown
+        self.base += g
         self.n += 1
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
@@ -310,7 +315,7 @@ class PyramidFusion:
             hk, wk = self.sizes[k]
             out = by_channels(partial(cv2.pyrUp, dstsize=(wk, hk)), out)
             if self.hard:
-                out += self.coef[k][..., : self.c]
+                out += self.coef[k]
             else:
                 out += self.coef[k] / self.wsum[k][..., None]
         return np.ascontiguousarray(out, dtype=np.float32), self.depth.finish()
