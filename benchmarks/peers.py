@@ -60,6 +60,7 @@ __all__ = [
     "describe",
     "run_peer",
     "run_peer_measured",
+    "run_measured",
     "peer_version",
 ]
 
@@ -301,7 +302,7 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def _run_one(argv: list[str], timeout: float | None, mem_cap: int | None, poll: float) -> tuple[float, int, str]:
+def run_measured(argv: list[str], timeout: float | None, mem_cap: int | None, poll: float) -> tuple[float, int, str]:
     """Run ``argv``; return (seconds, peak tree RSS, combined output)."""
     import psutil
 
@@ -408,7 +409,7 @@ def run_peer_measured(
         argvs = PEERS[name].commands(frames, out, Path(tmp))
         for argv in argvs:
             left = None if timeout is None else max(1.0, timeout - sum(steps))
-            seconds, rss, text = _run_one(argv, left, mem_cap, poll)
+            seconds, rss, text = run_measured(argv, left, mem_cap, poll)
             steps.append(seconds)
             peak = max(peak, rss)
             logs.append(text)

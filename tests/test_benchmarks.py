@@ -112,3 +112,20 @@ def test_memory_child_reports_peak_and_baseline():
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rec["frames"] == 3 and rec["register"] is True
     assert rec["peak_bytes"] >= rec["baseline_bytes"] > 10 * 2**20
+
+
+def test_memory_benchmark_measures_a_real_fuse_and_fits_the_size_slope(tmp_path):
+    from benchmarks import memory
+
+    path = memory.write_tiff_stack(tmp_path / "s.tif", 4, (60, 80), base=(30, 40))
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 4 and tif.pages[0].shape == (60, 80, 3)
+    res = memory.measure(path, tmp_path / "out.tif", timeout=300)
+    assert res["ok"] and res["seconds"] > 0 and res["peak_rss_mib"] > 20
+    assert not (tmp_path / "out.tif").exists()
+    rows = [{"ok": True, "frame_float32_mib": x, "peak_rss_mib": 200 + 3 * x} for x in (10, 40, 160)]
+    f = memory.fit(rows)
+    assert abs(f["frames_of_float32"] - 3) < 1e-6 and abs(f["constant_mib"] - 200) < 1e-6
+    assert memory.fit(rows[:1]) is None

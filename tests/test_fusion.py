@@ -296,6 +296,6 @@ def test_soft_and_hard_selection_stream_in_constant_memory_per_level():
         for _ in range(4):
             f = rng.random((64, 64, 3), dtype=np.float32)
             acc.add(f, f.mean(-1))
-        planes = sum(a.size for a in acc.coef) + sum(a.size for a in acc.best) + sum(a.size for a in acc.wsum)
+        planes = sum(a.size for lvl in acc.coef for a in lvl) + sum(a.size for a in acc.best) + sum(a.size for a in acc.wsum)
         level_pixels = sum(h * w for h, w in acc.sizes[:-1])
         assert planes <= 5 * level_pixels

@@ -603,9 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    from .batch import parse_device
-
     def _device(value: str) -> str:
+        # imported when a batch flag is parsed: batch imports dask.distributed (about
+        # 1 s), which `focusdeep fuse` never needs
+        from .batch import parse_device
+
         try:
             return parse_device(value)
         except ValueError as exc:

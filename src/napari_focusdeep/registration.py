@@ -35,6 +35,8 @@ import cv2
 import dask.array as da
 import numpy as np
 
+from ._prefetch import prefetch
+
 __all__ = [
     "INTERPOLATIONS",
     "MOTIONS",
@@ -703,12 +705,13 @@ def iter_estimate_transforms(
     scores = [math.nan] * n
     prev: _Pyramid | None = None
     prev_index = -1
-    for i in range(n):
+
+    def load(i: int) -> _Pyramid:
         frame = np.asarray(data[i])
-        if frame.ndim == 2:
-            frame = frame[..., None]
-        cur = _pyramid(gray(frame, levels[-1].factor), levels, feature)
-        del frame
+        return _pyramid(gray(frame if frame.ndim == 3 else frame[..., None], levels[-1].factor), levels, feature)
+
+    # the next frame is decoded and shrunk while ECC works on this one
+    for i, cur in enumerate(prefetch(load, n)):
         if prev is not None:
             P, status, rho, reason = _register_pair(
                 prev,

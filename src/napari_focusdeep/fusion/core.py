@@ -19,6 +19,7 @@ from typing import Any, Callable, Generator, Iterator
 import dask.array as da
 import numpy as np
 
+from .._prefetch import prefetch
 from ..stack import Stack
 from .registry import Method, TileOutOfMemory, get_method
 
@@ -404,8 +405,15 @@ def _fuse_blocks(
     for block in blocks:
         ry0, ry1, rx0, rx1 = block.read
         acc = meth.make(n, (ry1 - ry0, rx1 - rx0, c), **opts)
-        for z in range(n):
-            frame = to_float(np.asarray(data[z, ry0:ry1, rx0:rx1]))
+
+        def load(z: int, ry0: int = ry0, ry1: int = ry1, rx0: int = rx0, rx1: int = rx1) -> np.ndarray:
+            return np.asarray(data[z, ry0:ry1, rx0:rx1])
+
+        # The next frame is read (decoded, warped) while this one is fused; it waits in
+        # its own dtype (a quarter of float32 for 8-bit frames).
+        for raw in prefetch(load, n):
+            frame = to_float(raw)
+            del raw
             lo, hi = min(lo, frame.min()), max(hi, frame.max())
             acc.add(frame, selection_image(frame, channel))
             step += 1

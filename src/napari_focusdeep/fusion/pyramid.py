@@ -56,13 +56,13 @@ tau : float, default 2.0
 from __future__ import annotations
 
 import math
-from functools import cache, partial
+from functools import cache
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ._focus import DepthTracker, by_channels, check_options, masked_copy, depth_halo, focus_measure
+from ._focus import CV_MAX_CHANNELS, DepthTracker, check_options, depth_halo, focus_measure, masked_copy
 from .registry import Method, register_method
 
 __all__ = ["PyramidFusion", "pyramid_levels", "pyramid_halo", "estimate_noise", "noise_sigma", "level_noise_gains"]
@@ -230,13 +230,16 @@ class PyramidFusion:
         for _ in range(self.levels):
             ph, pw = self.sizes[-1]
             self.sizes.append(((ph + 1) // 2, (pw + 1) // 2))
-        # per level: hard selection keeps the winner's activity (best) and coefficients
+        # Images are kept as lists of 2-D planes, one per channel: per-pixel weights then
+        # multiply contiguous planes, several times faster than broadcasting over an
+        # interleaved channel axis, and any channel count works without grouping.
+        # Per level, hard selection keeps the winner's activity (best) and coefficients
         # (coef); soft selection keeps the running softmax: largest logit so far (best),
-        # weight sum (wsum) and weighted coefficient sum (coef)
+        # weight sum (wsum) and weighted coefficient sums (coef).
         self.best: list[np.ndarray] = []
-        self.coef: list[np.ndarray] = []
+        self.coef: list[list[np.ndarray]] = []
         self.wsum: list[np.ndarray] = []
-        self.base = np.zeros(self.sizes[-1] + (c,), np.float32)
+        self.base = [np.zeros(self.sizes[-1], np.float32) for _ in range(c)]
         self.depth = DepthTracker((h, w))
 
     def _activity(self, detail: np.ndarray) -> np.ndarray:
@@ -245,16 +248,17 @@ class PyramidFusion:
             a = cv2.boxFilter(a, -1, (self.window, self.window), borderType=cv2.BORDER_REFLECT_101)
         return a
 
-    def _add_hard(self, k: int, detail: np.ndarray, act: np.ndarray) -> None:
+    def _add_hard(self, k: int, detail: list[np.ndarray], act: np.ndarray) -> None:
         if len(self.best) == k:
             self.best.append(act)
             self.coef.append(detail)
-        else:
-            better = cv2.compare(act, self.best[k], cv2.CMP_GT)
-            masked_copy(self.best[k], act, better)
-            masked_copy(self.coef[k], detail, better)
+            return
+        better = cv2.compare(act, self.best[k], cv2.CMP_GT)
+        masked_copy(self.best[k], act, better)
+        for dst, src in zip(self.coef[k], detail):
+            masked_copy(dst, src, better)
 
-    def _add_soft(self, k: int, detail: np.ndarray, act: np.ndarray) -> None:
+    def _add_soft(self, k: int, detail: list[np.ndarray], act: np.ndarray) -> None:
         # Online softmax (as in streaming attention): rescale the sums whenever the
         # running maximum logit rises, so no exp() ever overflows. Everything is done
         # in place in buffers this frame owns: at 12 MP a level-0 plane is 48 MB.
@@ -269,9 +273,9 @@ class PyramidFusion:
         weight = cv2.exp(np.subtract(logit, top, out=logit), dst=logit)
         self.wsum[k] *= rescale
         self.wsum[k] += weight
-        self.coef[k] *= rescale[..., None]
-        detail *= weight[..., None]
-        self.coef[k] += detail
+        for acc, d in zip(self.coef[k], detail):
+            acc *= rescale
+            cv2.accumulateProduct(d, weight, acc)
         self.best[k] = top
 
     @property
@@ -290,35 +294,58 @@ class PyramidFusion:
         if self.n == 0:
             self._set_noise(noise_sigma(focus) if self.noise is None else self.noise)
         self.depth.add(focus_measure(focus))
-        # The frame's and the focus image's pyramids are built side by side rather than
-        # as one (C + 1)-channel image: no concatenated copy of the frame, and each
-        # detail level is computed in the buffer its upsampling allocated.
-        g, f = np.asarray(frame, np.float32), focus
+        planes, f = split_planes(np.asarray(frame, np.float32)), focus
         for k in range(self.levels):
             size = (self.sizes[k][1], self.sizes[k][0])
-            down, fdown = by_channels(cv2.pyrDown, g), cv2.pyrDown(f)
-            detail = by_channels(partial(cv2.pyrUp, dstsize=size), down)
-            np.subtract(g, detail, out=detail)
+            down = [cv2.pyrDown(g) for g in planes]
+            detail = [_detail(g, d, size) for g, d in zip(planes, down)]
+            fdown = cv2.pyrDown(f)
             fdetail = cv2.pyrUp(fdown, dstsize=size)
             act = self._activity(np.subtract(f, fdetail, out=fdetail))
             (self._add_hard if self.hard else self._add_soft)(k, detail, act)
-            g, f = down, fdown
-        self.base += g
+            planes, f = down, fdown
+        for b, g in zip(self.base, planes):
+            b += g
         self.n += 1
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """Collapse the fused pyramid: image ``(H, W, C)`` float32 and depth ``(H, W)``."""
         if self.n == 0:
             raise RuntimeError("no frames were added")
-        out = self.base / np.float32(self.n)
+        inv_n = np.float32(1.0 / self.n)
+        out = [b * inv_n for b in self.base]
         for k in range(self.levels - 1, -1, -1):
             hk, wk = self.sizes[k]
-            out = by_channels(partial(cv2.pyrUp, dstsize=(wk, hk)), out)
+            out = [cv2.pyrUp(o, dstsize=(wk, hk)) for o in out]
             if self.hard:
-                out += self.coef[k]
+                for o, cf in zip(out, self.coef[k]):
+                    o += cf
             else:
-                out += self.coef[k] / self.wsum[k][..., None]
-        return np.ascontiguousarray(out, dtype=np.float32), self.depth.finish()
+                inv_w = cv2.divide(1.0, self.wsum[k])
+                for o, cf in zip(out, self.coef[k]):
+                    cv2.accumulateProduct(cf, inv_w, o)
+        return merge_planes(out), self.depth.finish()
+
+
+def _detail(fine: np.ndarray, coarse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``fine - pyrUp(coarse)``, computed in the buffer the upsampling allocated."""
+    up = cv2.pyrUp(coarse, dstsize=size)
+    return cv2.subtract(fine, up, dst=up)
+
+
+def split_planes(image: np.ndarray) -> list[np.ndarray]:
+    """``(H, W, C)`` -> ``C`` contiguous ``(H, W)`` planes."""
+    # numpy's strided copies beat cv2.split on float32 images by about 2x
+    return [np.ascontiguousarray(image[..., i]) for i in range(image.shape[2])]
+
+
+def merge_planes(planes: list[np.ndarray]) -> np.ndarray:
+    """``C`` planes ``(H, W)`` -> one ``(H, W, C)`` float32 image."""
+    if len(planes) == 1:
+        return np.ascontiguousarray(planes[0], dtype=np.float32)[..., None]
+    if len(planes) <= CV_MAX_CHANNELS:
+        return cv2.merge(planes)
+    return np.stack(planes, axis=-1)
 
 
 def _make(n_frames: int, shape: tuple[int, int, int], **options: Any) -> PyramidFusion:

@@ -274,7 +274,8 @@ def decode_frame(info: FrameInfo) -> np.ndarray:
                 f"cannot decode frame '{display_name(path)}': the file is truncated or damaged"
             )
         if arr.ndim == 3 and arr.shape[2] in (3, 4):
-            arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # BGR(A) -> RGB(A)
+            # BGR(A) -> RGB(A); cvtColor is several times faster than a fancy-index gather
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
         arr = _match_channels(arr, info.channels)
         arr = apply_orientation(arr, info.orientation)
     if arr.shape != info.shape or arr.dtype != np.dtype(info.dtype):
@@ -339,6 +340,8 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
         arr = arr.swapaxes(0, 1)[::-1, ::-1]
     elif orientation == 8:
         arr = np.rot90(arr, 1)
+    else:
+        return arr  # upright (1, or no tag): no copy
     return np.ascontiguousarray(arr)
 
 
