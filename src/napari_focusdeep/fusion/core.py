@@ -397,9 +397,9 @@ def _fuse_blocks(
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     n, h, w, c = (int(s) for s in data.shape)
     total = n * len(blocks)
-    image = np.zeros((h, w, c), np.float32)
-    depth = np.zeros((h, w), np.float32)
-    weight = np.zeros((h, w), np.float32) if ramp else None
+    # the output planes are allocated when the first block is done, not while its
+    # accumulator streams (at 12 MP RGB they are 190 MB)
+    image = depth = weight = None
     lo, hi = np.float32(np.inf), np.float32(-np.inf)
     step = 0
     for block in blocks:
@@ -421,6 +421,13 @@ def _fuse_blocks(
         out, dep = acc.finish()
         del acc
         y0, y1, x0, x1 = block.core
+        if len(blocks) == 1 and not ramp and block.read == (0, h, 0, w) and out.shape[:2] == (h, w):
+            image, depth = out, dep  # the whole image in one block: no copy
+            continue
+        if image is None:
+            image = np.zeros((h, w, c), np.float32)
+            depth = np.zeros((h, w), np.float32)
+            weight = np.zeros((h, w), np.float32) if ramp else None
         if weight is None:
             sy, sx = slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0)
             image[y0:y1, x0:x1] = out[sy, sx]
@@ -432,6 +439,8 @@ def _fuse_blocks(
             image[ry0:ry1, rx0:rx1] += out * wgt[..., None]
             depth[ry0:ry1, rx0:rx1] += dep * wgt
             weight[ry0:ry1, rx0:rx1] += wgt
+    if image is None:  # no blocks at all (an empty frame)
+        image, depth = np.zeros((h, w, c), np.float32), np.zeros((h, w), np.float32)
     if weight is not None:
         image /= np.maximum(weight, 1e-12)[..., None]
         depth /= np.maximum(weight, 1e-12)

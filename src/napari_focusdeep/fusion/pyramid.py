@@ -294,16 +294,29 @@ class PyramidFusion:
         if self.n == 0:
             self._set_noise(noise_sigma(focus) if self.noise is None else self.noise)
         self.depth.add(focus_measure(focus))
-        planes, f = split_planes(np.asarray(frame, np.float32)), focus
+        frame = np.asarray(frame, np.float32)
+        planes, f = None, focus
         for k in range(self.levels):
             size = (self.sizes[k][1], self.sizes[k][0])
-            down = [cv2.pyrDown(g) for g in planes]
-            detail = [_detail(g, d, size) for g, d in zip(planes, down)]
+            if planes is None:
+                # level 0 takes one channel of the interleaved frame at a time, so that
+                # only one full-resolution plane copy exists at once
+                down, detail = [], []
+                for i in range(self.c):
+                    g = np.ascontiguousarray(frame[..., i])
+                    down.append(cv2.pyrDown(g))
+                    detail.append(_detail(g, down[-1], size))
+                    del g
+            else:
+                down = [cv2.pyrDown(g) for g in planes]
+                detail = [_detail(g, d, size) for g, d in zip(planes, down)]
             fdown = cv2.pyrDown(f)
             fdetail = cv2.pyrUp(fdown, dstsize=size)
             act = self._activity(np.subtract(f, fdetail, out=fdetail))
             (self._add_hard if self.hard else self._add_soft)(k, detail, act)
             planes, f = down, fdown
+        if planes is None:  # no detail levels (a tiny image): the frame is the base
+            planes = split_planes(frame)
         for b, g in zip(self.base, planes):
             b += g
         self.n += 1
