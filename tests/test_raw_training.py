@@ -195,3 +195,46 @@ def test_train_cli_raw_flag() -> None:
     cfg = config_from_args(build_parser().parse_args(["-o", "x", "--raw", "--init", "none"]))
     assert cfg.lr == PRETRAIN_LR and cfg.init_weights == "none"
     assert not config_from_args(build_parser().parse_args(["-o", "x"])).raw
+
+
+# -- the shipped raw weights ---------------------------------------------------------------------
+def test_shipped_raw_weights_are_found_only_on_the_raw_path(capsys: pytest.CaptureFixture) -> None:
+    from napari_focusdeep.cli import main
+    from napari_focusdeep.models.weights import default_weights, load_model, read_config
+    from napari_focusdeep.raw_fusion import _choose_path, raw_weights
+
+    path = raw_weights("focusdeep-any")
+    assert path.name == "focusdeep-any-raw.safetensors"
+    cfg = read_config(path)
+    assert cfg["input"] == "raw" and cfg["kwargs"]["stem"] == "raw" and cfg["params"] < 1_000_000
+    assert cfg["training"]["steps"] > 0 and "cpu" in cfg["training"]["device"]
+    model = load_model(path)  # verifies the checksum
+    assert model.config["in_channels"] == 4
+    # --raw (path="bayer") uses it by default; "auto" without weights keeps the RGB network
+    which, found = _choose_path("bayer", "focusdeep-any", {})
+    assert which == "bayer" and found[0] == path
+    assert _choose_path("auto", "focusdeep-any", {}) == ("rgb", None)
+    assert _choose_path("auto", "focusdeep-any", {"weights": str(path)})[0] == "bayer"
+    # an RGB stack's default stays the RGB network
+    assert default_weights("focusdeep-any").name == "focusdeep-any.safetensors"
+    assert main(["models"]) == 0
+    assert "focusdeep-any-raw" in capsys.readouterr().out
+
+
+def test_cli_raw_fuses_with_the_shipped_raw_network(tmp_path: Path) -> None:
+    pytest.importorskip("rawpy")
+    pytest.importorskip("pidng")
+    import tifffile
+    from test_raw import _raw_burst  # noqa: E402  (tests/ is on sys.path)
+
+    from napari_focusdeep.cli import main
+    from napari_focusdeep.raw_fusion import fuse_raw
+
+    _, folder = _raw_burst(tmp_path / "burst", n=3, shape=(48, 64))
+    out = tmp_path / "raw.tif"
+    assert main(["fuse", str(folder), "-o", str(out), "--raw", "--method", "focusdeep-any", "--device", "cpu"]) == 0
+    image = tifffile.imread(out)
+    assert image.shape == (46, 64, 3) and image.dtype == np.uint16
+    expected = fuse_raw(folder, method="focusdeep-any", path="bayer", device="cpu")
+    assert expected.path == "bayer"
+    assert np.abs(image.astype(int) - expected.image.astype(int)).max() <= 2
