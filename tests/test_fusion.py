@@ -214,7 +214,7 @@ def test_pyramid_default_levels_do_not_depend_on_block():
 
 
 # -- edge cases ----------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 3), (7, 5)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 3), (7, 5), (13, 2), (2, 13)])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("method", METHODS)
 def test_tiny_images(method, shape, channels):

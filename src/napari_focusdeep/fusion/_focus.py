@@ -103,7 +103,6 @@ class DepthTracker:
         self.before = np.zeros((h, w), np.float32)
         self.after = np.zeros((h, w), np.float32)
         self.index = np.zeros((h, w), np.float32)
-        self._z = np.zeros((h, w), np.float32)
         self.prev: np.ndarray | None = None
         self.z = 0
 
@@ -111,14 +110,13 @@ class DepthTracker:
         """Take the focus measure ``(H, W)`` float32 of the next frame."""
         z = self.z
         if z > 0:
-            # The frame right after the current best supplies its right neighbour.
-            # (A plane rather than a scalar: OpenCV's bindings read a 1x1 array as one.)
-            self._z.fill(z - 1)
-            masked_copy(self.after, fm, cv2.compare(self.index, self._z, cv2.CMP_EQ))
+            # The frame right after the current best supplies its right neighbour. (A
+            # one-byte mask, not a comparison with a constant float plane: that plane
+            # would cost as much memory as the measure itself.)
+            masked_copy(self.after, fm, np.equal(self.index, np.float32(z - 1)).view(np.uint8))
         better = cv2.compare(fm, self.best, cv2.CMP_GT)
         masked_copy(self.best, fm, better)
-        self._z.fill(z)
-        masked_copy(self.index, self._z, better)
+        np.putmask(self.index, better != 0, np.float32(z))
         if self.prev is not None:
             masked_copy(self.before, self.prev, better)
         self.prev = fm

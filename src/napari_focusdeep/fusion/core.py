@@ -115,8 +115,17 @@ def from_float(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        scaled = image.astype(np.float64) * (info.max - info.min) + info.min
-        return np.clip(np.rint(scaled), info.min, info.max).astype(dtype)
+        if dtype.itemsize <= 2:
+            # float32 holds every 8- and 16-bit level exactly; working in place keeps a
+            # 12 MP result from needing three float64 copies of itself
+            scaled = np.multiply(image, np.float32(info.max - info.min), dtype=np.float32)
+            if info.min:
+                scaled += np.float32(info.min)
+        else:
+            scaled = image.astype(np.float64) * (info.max - info.min) + info.min
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, info.min, info.max, out=scaled)
+        return scaled.astype(dtype)
     if dtype == np.bool_:
         return image >= 0.5
     return image.astype(dtype, copy=False)

@@ -322,22 +322,47 @@ class PyramidFusion:
         self.n += 1
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """Collapse the fused pyramid: image ``(H, W, C)`` float32 and depth ``(H, W)``."""
+        """Collapse the fused pyramid: image ``(H, W, C)`` float32 and depth ``(H, W)``.
+
+        The accumulator's planes are released as the collapse uses them (the depth map
+        first, the finest level last, channel by channel), so the peak memory of a large
+        frame stays that of the streaming, not streaming plus a copy of the result.
+        """
         if self.n == 0:
             raise RuntimeError("no frames were added")
+        depth = self.depth.finish()
+        self.depth = None
+        self.best = []  # activities / running maxima: not needed to collapse
         inv_n = np.float32(1.0 / self.n)
         out = [b * inv_n for b in self.base]
+        self.base = []
+        if self.levels == 0:
+            return merge_planes(out), depth
+        result = None
         for k in range(self.levels - 1, -1, -1):
             hk, wk = self.sizes[k]
-            out = [cv2.pyrUp(o, dstsize=(wk, hk)) for o in out]
-            if self.hard:
-                for o, cf in zip(out, self.coef[k]):
-                    o += cf
-            else:
-                inv_w = cv2.divide(1.0, self.wsum[k])
-                for o, cf in zip(out, self.coef[k]):
-                    cv2.accumulateProduct(cf, inv_w, o)
-        return merge_planes(out), self.depth.finish()
+            coef = self.coef[k]
+            self.coef[k] = []
+            inv_w = None if self.hard else np.reciprocal(self.wsum[k])
+            if not self.hard:
+                self.wsum[k] = None
+            if k == 0:
+                result = np.empty((hk, wk, self.c), np.float32)
+            for i in range(self.c):
+                o = cv2.pyrUp(out[i], dstsize=(wk, hk))
+                if inv_w is None:
+                    o += coef[i]
+                else:
+                    cv2.accumulateProduct(coef[i], inv_w, o)
+                coef[i] = None
+                if result is None:
+                    out[i] = o
+                else:
+                    out[i] = None
+                    result[..., i] = o
+                del o
+            del coef, inv_w
+        return result, depth
 
 
 def _detail(fine: np.ndarray, coarse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
