@@ -2,10 +2,11 @@
 
 Each suite is a module of this package with ``main(argv) -> int`` that accepts
 ``--quick``; it writes its JSON under ``benchmarks/results/`` and prints its tables.
-The suites: ``model_table``, ``quality`` and ``cpu_speed`` (our methods and networks on held-out
-simulated stacks), ``compare`` (against today's focus stackers, docs/peers.md) and ``memory``
-(peak RSS against frames and frame size). A full run takes a few hours on a shared 2-core
-machine; ``--quick`` about fifteen minutes.
+The suites: ``model_table``, ``quality`` and ``cpu_speed`` (our methods and networks on
+held-out simulated stacks), ``raw`` (camera raw: raw vs RGB networks), ``compare``
+(against today's focus stackers, docs/peers.md) and ``memory`` (peak RSS against frames
+and frame size). A full run takes a few hours on a shared 2-core machine; ``--quick``
+about fifteen minutes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Sequence
 
 from ._common import log
 
-SUITES = ("model_table", "quality", "cpu_speed", "compare", "memory")
+SUITES = ("model_table", "quality", "cpu_speed", "raw", "compare", "memory")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
