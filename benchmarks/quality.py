@@ -99,28 +99,35 @@ def _tint(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(gray[..., None] * field, 0, 1).astype(np.float32)
 
 
-def render(spec: StackSpec, index: int, size: int = SIZE) -> Any:
-    """Render the stack ``spec`` (seed ``SEED_BASE + index``) at ``size`` x ``size``."""
+def sharp_scene(source: str, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    """The sharp ``size`` x ``size`` image of a held-out stack: a procedural scene
+    (``"procedural:<kind>"``), or a scikit-image picture as gray, cropped at random and
+    tinted by a smooth colour field when ``channels`` is 3."""
     import cv2
 
-    from napari_focusdeep.training.simulate import image_source, random_depth, simulate_stack, synthetic_scene
+    from napari_focusdeep.training.simulate import image_source, synthetic_scene
+
+    if source.startswith("procedural:"):
+        sharp, _ = synthetic_scene((size, size), channels=channels, kind=source.split(":", 1)[1], seed=rng)
+        return sharp
+    img, _ = image_source(source)
+    if img.ndim == 3:
+        img = img[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    # a random square crop 1.5x the target side, shrunk: natural texture scale, no distortion
+    side = min(img.shape[0], img.shape[1], int(size * 1.5))
+    y = int(rng.integers(0, img.shape[0] - side + 1))
+    x = int(rng.integers(0, img.shape[1] - side + 1))
+    gray = cv2.resize(np.ascontiguousarray(img[y : y + side, x : x + side]), (size, size), interpolation=cv2.INTER_AREA)
+    return _tint(gray, rng) if channels == 3 else gray
+
+
+def render(spec: StackSpec, index: int, size: int = SIZE) -> Any:
+    """Render the stack ``spec`` (seed ``SEED_BASE + index``) at ``size`` x ``size``."""
+    from napari_focusdeep.training.simulate import random_depth, simulate_stack
 
     seed = SEED_BASE + index
     rng = np.random.default_rng(seed)
-    if spec.source.startswith("procedural:"):
-        kind = spec.source.split(":", 1)[1]
-        sharp, _ = synthetic_scene((size, size), channels=spec.channels, kind=kind, seed=rng)
-    else:
-        img, _ = image_source(spec.source)
-        if img.ndim == 3:
-            img = img[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-        # a random square crop 1.5x the target side, shrunk: natural texture scale, no distortion
-        side = min(img.shape[0], img.shape[1], int(size * 1.5))
-        y = int(rng.integers(0, img.shape[0] - side + 1))
-        x = int(rng.integers(0, img.shape[1] - side + 1))
-        sharp = cv2.resize(np.ascontiguousarray(img[y : y + side, x : x + side]), (size, size), interpolation=cv2.INTER_AREA)
-        if spec.channels == 3:
-            sharp = _tint(sharp, rng)
+    sharp = sharp_scene(spec.source, size, spec.channels, rng)
     depth = random_depth((size, size), seed=rng, steps=spec.steps)
     return simulate_stack(
         sharp,

@@ -82,25 +82,10 @@ SCENES: tuple[RawSpec, ...] = (
 
 
 def _scene(spec: RawSpec, size: int, rng: np.random.Generator) -> np.ndarray:
-    """The sharp sRGB scene: procedural, or a held-out picture cropped, shrunk and tinted
-    as :func:`benchmarks.quality.render` does."""
-    import cv2
+    """The sharp sRGB scene, made as :func:`benchmarks.quality.render` makes its RGB stacks."""
+    from .quality import sharp_scene
 
-    from napari_focusdeep.training.simulate import image_source, synthetic_scene
-
-    from .quality import _tint
-
-    if spec.source.startswith("procedural:"):
-        sharp, _ = synthetic_scene((size, size), channels=3, kind=spec.source.split(":", 1)[1], seed=rng)
-        return sharp
-    img, _ = image_source(spec.source)
-    if img.ndim == 3:
-        img = img[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-    side = min(img.shape[0], img.shape[1], int(size * 1.5))
-    y = int(rng.integers(0, img.shape[0] - side + 1))
-    x = int(rng.integers(0, img.shape[1] - side + 1))
-    gray = cv2.resize(np.ascontiguousarray(img[y : y + side, x : x + side]), (size, size), interpolation=cv2.INTER_AREA)
-    return _tint(gray, rng)
+    return sharp_scene(spec.source, size, 3, rng)
 
 
 def render_raw(spec: RawSpec, index: int, noise: str, size: int, lens_sigma: float = 0.0) -> dict[str, Any]:
