@@ -448,7 +448,11 @@ def test_killed_fuse_leaves_no_partial_output(tmp_path):
         argv = [sys.executable, str(script), str(started), "fuse", str(frames), "-o", str(outdir / "fused.tif"),
                 "--depth-map", str(outdir / "depth.tif"), "--method", "slow", "--block-size", "48", "--no-register"]
         env = {**os.environ, "TMPDIR": str(tmpdir)}
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # As from a terminal: a shell starts background jobs (a CI runner's, say) with
+        # SIGINT ignored, and Python keeps an ignored SIGINT instead of raising
+        # KeyboardInterrupt, so the child would finish instead of being interrupted.
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         runs[sig] = (proc, started, outdir, tmpdir)
     try:
         deadline = time.monotonic() + 120
