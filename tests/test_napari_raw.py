@@ -20,16 +20,8 @@ MANIFEST = Path(__file__).resolve().parents[1] / "src" / "napari_focusdeep" / "n
 TINY = {"features": 8, "front_blocks": 1, "groups": 1, "blocks_per_group": 1, "offset_groups": 2}
 
 
-@pytest.fixture(autouse=True)
-def user_data(tmp_path, monkeypatch):
-    """A private user data folder (where the widgets look for "your" weights)."""
-    from napari_focusdeep._napari import _busy, _weights
-
-    data = tmp_path / "user-data"
-    monkeypatch.setenv(_weights.ENV_DATA_DIR, str(data))
-    yield data
-    _weights._session_files.clear()
-    assert not _busy.running(), "a test left a job holding the machine"
+# every test gets a private user data folder (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("user_data")
 
 
 def test_manifest_claims_every_raw_extension():

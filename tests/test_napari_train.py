@@ -21,16 +21,8 @@ PLUGIN = "napari-focusdeep"
 TINY = {"features": 8, "front_blocks": 1, "groups": 1, "blocks_per_group": 1, "offset_groups": 2}
 
 
-@pytest.fixture(autouse=True)
-def user_data(tmp_path, monkeypatch):
-    """A private user data folder; loaded weights files are forgotten afterwards."""
-    from napari_focusdeep._napari import _busy, _weights
-
-    data = tmp_path / "user-data"
-    monkeypatch.setenv(_weights.ENV_DATA_DIR, str(data))
-    yield data
-    _weights._session_files.clear()
-    assert not _busy.running(), "a test left a job holding the machine"
+# every test gets a private user data folder (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("user_data")
 
 
 @pytest.fixture
