@@ -18,3 +18,15 @@ def user_data(tmp_path, monkeypatch):
     yield data
     _weights._session_files.clear()
     assert not _busy.running(), "a test left a job holding the machine"
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """PyTorch on one thread: the suite runs on 2 shared cores, where one thread is
+    faster than two fighting (and never takes every core)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,13 +17,8 @@ from napari_focusdeep.training.data import SimConfig, simulated_raw_pair, valida
 TINY = dict(features=8, front_blocks=1, groups=1, blocks_per_group=1, offset_groups=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine is shared: never let a test take every core
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# every test runs torch on one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- data ------------------------------------------------------------------------------------

@@ -29,13 +29,8 @@ from napari_focusdeep.training.train import TrainConfig, load_checkpoint, train 
 TINY = {"features": 8, "front_blocks": 1, "groups": 1, "blocks_per_group": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the suite runs on 2 shared cores: one thread is faster than two fighting
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# every test runs torch on one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(**kw) -> TrainConfig:

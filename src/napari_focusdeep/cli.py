@@ -548,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", metavar="PATH", help="apply these saved transforms instead of registering")
     p.add_argument("--crop-valid", action="store_true", help="crop to the region every registered frame covers")
     p.add_argument("--block-size", type=int, default=None, metavar="PIXELS", help="fuse in blocks to bound memory")
-    p.add_argument("--interpolation", default="cubic", choices=["cubic", "linear", "lanczos", "nearest"],
-                   help="how registered frames are resampled (default cubic: keeps fine detail)")
+    p.add_argument("--interpolation", default="cubic", choices=_Choices(".registration", "INTERPOLATIONS"),
+                   metavar="KIND", help="how registered frames are resampled: %(choices)s (default cubic: keeps fine detail)")
     p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="a method option, repeatable, e.g. --option noise=0 (pyramid: classical max selection); "
                         "see the method's documentation")

@@ -14,7 +14,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator
+from typing import Any, Callable, Generator
 
 import dask.array as da
 import numpy as np
@@ -430,8 +430,8 @@ def _fuse_blocks(
         out, dep = acc.finish()
         del acc
         y0, y1, x0, x1 = block.core
-        if len(blocks) == 1 and not ramp and block.read == (0, h, 0, w) and out.shape[:2] == (h, w):
-            image, depth = out, dep  # the whole image in one block: no copy
+        if len(blocks) == 1 and not ramp:
+            image, depth = out, dep  # one block is the whole image: no copy
             continue
         if image is None:
             image = np.zeros((h, w, c), np.float32)

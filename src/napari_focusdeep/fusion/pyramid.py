@@ -295,29 +295,22 @@ class PyramidFusion:
             self._set_noise(noise_sigma(focus) if self.noise is None else self.noise)
         self.depth.add(focus_measure(focus))
         frame = np.asarray(frame, np.float32)
-        planes, f = None, focus
+        # level 0 copies one channel of the interleaved frame at a time (a generator),
+        # so only one full-resolution plane copy exists at once
+        planes: Any = (np.ascontiguousarray(frame[..., i]) for i in range(self.c))
+        f = focus
         for k in range(self.levels):
             size = (self.sizes[k][1], self.sizes[k][0])
-            if planes is None:
-                # level 0 takes one channel of the interleaved frame at a time, so that
-                # only one full-resolution plane copy exists at once
-                down, detail = [], []
-                for i in range(self.c):
-                    g = np.ascontiguousarray(frame[..., i])
-                    down.append(cv2.pyrDown(g))
-                    detail.append(_detail(g, down[-1], size))
-                    del g
-            else:
-                down = [cv2.pyrDown(g) for g in planes]
-                detail = [_detail(g, d, size) for g, d in zip(planes, down)]
+            down, detail = [], []
+            for g in planes:
+                down.append(cv2.pyrDown(g))
+                detail.append(_detail(g, down[-1], size))
             fdown = cv2.pyrDown(f)
             fdetail = cv2.pyrUp(fdown, dstsize=size)
             act = self._activity(np.subtract(f, fdetail, out=fdetail))
             (self._add_hard if self.hard else self._add_soft)(k, detail, act)
             planes, f = down, fdown
-        if planes is None:  # no detail levels (a tiny image): the frame is the base
-            planes = split_planes(frame)
-        for b, g in zip(self.base, planes):
+        for b, g in zip(self.base, planes):  # with no detail levels, the frame is the base
             b += g
         self.n += 1
 
@@ -369,12 +362,6 @@ def _detail(fine: np.ndarray, coarse: np.ndarray, size: tuple[int, int]) -> np.n
     """``fine - pyrUp(coarse)``, computed in the buffer the upsampling allocated."""
     up = cv2.pyrUp(coarse, dstsize=size)
     return cv2.subtract(fine, up, dst=up)
-
-
-def split_planes(image: np.ndarray) -> list[np.ndarray]:
-    """``(H, W, C)`` -> ``C`` contiguous ``(H, W)`` planes."""
-    # numpy's strided copies beat cv2.split on float32 images by about 2x
-    return [np.ascontiguousarray(image[..., i]) for i in range(image.shape[2])]
 
 
 def merge_planes(planes: list[np.ndarray]) -> np.ndarray:
