@@ -160,3 +160,14 @@ def test_montage_registers_results_and_writes_a_png(tmp_path, truth):
     warped, cc, _ = M.register_to(shifted, truth)
     assert cc > 0.99
     assert np.abs(warped[10:-10, 10:-10] - truth[10:-10, 10:-10]).mean() < 0.01
+
+
+def test_pyramid_is_tuned_on_stacks_apart_from_the_scored_set():
+    from benchmarks import tune_pyramid as T
+
+    dev = {(s.source, s.seed) for s in T.DEV}
+    scored = {(s.source, s.seed) for s in C.SYNTH + C.TUNING}
+    assert len(T.DEV) == 8 and not dev & scored
+    assert not {s.seed for s in T.DEV} & {s.seed for s in C.SYNTH + C.TUNING}
+    opts = T.candidates([1.5, 2])
+    assert opts == {"tau=1.5": {"tau": 1.5}, "tau=2": {"tau": 2.0}, "max selection": {"noise": 0}}

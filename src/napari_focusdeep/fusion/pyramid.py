@@ -51,7 +51,8 @@ noise : "auto" or float, default "auto"
     (:func:`estimate_noise`); ``0`` gives classical hard max selection.
 tau : float, default 2.0
     Softness of the selection in units of the noise energy: larger averages more.
-    Chosen on a development set of simulated stacks that is not the scored one.
+    Chosen on a development set of simulated stacks that is not the scored one
+    (``python -m benchmarks.tune_pyramid``).
 """
 from __future__ import annotations
 
