@@ -186,6 +186,100 @@ def test_stream_repeat_equals_resampled_forward(arch):
     assert torch.allclose(out, ref, atol=1e-4)
 
 
+# -- focusdeep-any on the pyramid base (the CPU configuration) ---------------------------
+BASED = dict(TINY, align=False, base="pyramid", scale=2)
+
+
+def test_pyramid_base_network_starts_at_the_pyramid():
+    from napari_focusdeep.fusion.pyramid import PyramidFusion
+    from napari_focusdeep.models.focusdeep_any import pyramid_base
+
+    model = _tiny("focusdeep-any", **BASED).eval()
+    assert model.multiple == 8 and model.config["base"] == "pyramid"
+    x = _burst(2, 4, 30, 26)
+    with torch.no_grad():
+        out, base = model(x), pyramid_base(x)
+    # the correction layers start near zero, so a new network is the classical method
+    assert out.shape == (2, 3, 30, 26) and (out - base).abs().max() < 0.02
+    # and the base is pyramid fusion with a tiny pyramid, frame by frame
+    frames = x[1].permute(0, 2, 3, 1).numpy()
+    acc = PyramidFusion(4, (30, 26, 3), levels=3, noise=0.05)
+    for f in frames:
+        acc.add(f, f @ np.array([0.299, 0.587, 0.114], np.float32))
+    ref = pyramid_base(x, noise=0.05)[1].permute(1, 2, 0).numpy()
+    assert np.allclose(acc.finish()[0], ref, atol=1e-6)
+
+
+def test_pyramid_base_network_learns_a_correction():
+    from napari_focusdeep.models.focusdeep_any import pyramid_base
+
+    model = _tiny("focusdeep-any", **BASED)
+    x = _burst(2, 3, 24, 24)
+    target = 0.7 * pyramid_base(x) + 0.2  # a correction of the base the network can express
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        loss = (model(x) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_pyramid_base_stream_equals_forward_at_the_same_noise():
+    model = _tiny("focusdeep-any", **BASED).eval()
+    x = _burst(1, 5, 21, 35)
+    with torch.no_grad():
+        from napari_focusdeep.fusion.pyramid import estimate_noise
+
+        noise = estimate_noise(x[0].permute(0, 2, 3, 1).numpy())
+        ref = model(x)
+        stream = model.stream((1, 3, 21, 35), noise=noise)
+        for i in range(5):
+            stream.push(x[:, i])
+        out = stream.finish()
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(scale=2), "needs base='pyramid'"),
+    (dict(scale=3, base="pyramid"), "scale must be 1 or 2"),
+    (dict(base="median"), "unknown base"),
+    (dict(base="pyramid", stem="raw", in_channels=4), "needs the rgb stem"),
+])
+def test_pyramid_base_options_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("focusdeep-any", **{**TINY, **kw})
+
+
+def test_pyramid_base_halo_adds_the_pyramid_context():
+    from napari_focusdeep.fusion.pyramid import pyramid_halo
+    from napari_focusdeep.models.receptive import model_halo, receptive_radius
+
+    assert model_halo("focusdeep-any", **BASED) == receptive_radius("focusdeep-any", **BASED) + pyramid_halo(levels=3)
+
+
+def test_pyramid_base_tiled_equals_whole(tmp_path):
+    model = _tiny("focusdeep-any", **BASED)
+    with torch.no_grad():  # a visible correction, so the network's part is tested too
+        for conv in (model.head.last, model.head.skip_last):
+            conv.parametrizations.weight.original0.mul_(30)
+    path = str(tmp_path / "based.safetensors")
+    W.save_weights(model, path)
+    stack = _stack(n=4, h=70, w=90) * 0.6 + np.random.default_rng(1).normal(0, 0.05, (4, 70, 90, 3)).astype(np.float32)
+    whole = fuse(stack, method="focusdeep-any", weights=path, register=False, tile=4096, device="cpu")
+    tiled = fuse(stack, method="focusdeep-any", weights=path, register=False, tile=24, ramp=4, device="cpu")
+    assert whole.info["blocks"] == 1 and tiled.info["blocks"] > 1
+    assert np.abs(whole.image - tiled.image).max() < 1e-3
+    # the noise was measured once for the stack and is what every tile used
+    assert whole.info["options"]["noise"] == tiled.info["options"]["noise"] > 0.02
+    fixed = fuse(stack, method="focusdeep-any", weights=path, register=False, device="cpu", noise=0)
+    assert np.abs(fixed.image - whole.image).max() > 1e-3  # max selection: another base
+    with pytest.raises(ValueError, match="noise must be"):
+        fuse(stack, method="focusdeep-any", weights=path, register=False, device="cpu", noise=-1)
+
+
 def test_focusdeep_any_order_invariant_without_alignment():
     model = _tiny("focusdeep-any", align=False).eval()
     x = _burst(1, 6, 16, 20)

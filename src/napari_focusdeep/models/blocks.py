@@ -248,16 +248,26 @@ class OutputHead(nn.Module):
     many input as output channels), or for the ``"raw"`` stem (4 packed planes in,
     RGB out) its fixed bilinear demosaic (:func:`bilinear_demosaic`), so the network
     predicts a correction either way.
+
+    ``unshuffle=s`` is for an RGB network that works at ``1/s`` resolution: ``src``
+    is the image pixel-unshuffled (``C * s * s`` planes), the output is ``s`` times
+    larger, and the residual is ``src`` shuffled back to full resolution.
     """
 
-    def __init__(self, nf: int, in_channels: int, out_channels: int, stem: str = "rgb", residual: bool = False) -> None:
+    def __init__(
+        self, nf: int, in_channels: int, out_channels: int, stem: str = "rgb", residual: bool = False, unshuffle: int = 1
+    ) -> None:
         super().__init__()
-        s = stem_scale(stem)
+        self.unshuffle = int(unshuffle)
+        if self.unshuffle != 1 and stem != "rgb":
+            raise ValueError("unshuffle applies to the rgb stem only")
+        s = stem_scale(stem) * self.unshuffle
         # the raw stem's identity is a demosaic: without it a raw network would have to
         # learn demosaicking before it could learn anything else (measured: it barely
         # does in a CPU-hour), with it a raw network starts where an RGB one does
-        self.residual = bool(residual and ((s == 1 and in_channels == out_channels) or (s == 2 and in_channels == 4 and out_channels == 3)))
-        self.demosaic = s == 2
+        rgb_identity = stem == "rgb" and in_channels == out_channels * self.unshuffle**2
+        self.residual = bool(residual and (rgb_identity or (stem == "raw" and in_channels == 4 and out_channels == 3)))
+        self.demosaic = stem == "raw"
         self.up = wn_conv(nf, nf * s * s, 3)
         self.skip_up = wn_conv(in_channels, nf * s * s, 3)
         self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
@@ -273,7 +283,10 @@ class OutputHead(nn.Module):
         x = F.relu(self.hr(x))
         out = self.last(x) + self.skip_last(skip1)
         if self.residual:
-            out = out + (bilinear_demosaic(src) if self.demosaic else src)
+            if self.demosaic:
+                out = out + bilinear_demosaic(src)
+            else:
+                out = out + (F.pixel_shuffle(src, self.unshuffle) if self.unshuffle > 1 else src)
         return out
 
 

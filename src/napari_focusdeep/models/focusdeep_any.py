@@ -16,6 +16,16 @@ independent of the burst length:
   the softmax(image logit)-weighted average of the input frames, a learned soft
   selection of the sharpest frame per pixel, itself order-invariant.
 
+``base="pyramid"`` replaces the learned soft selection by the classical
+``pyramid`` fusion of the same frames (:mod:`napari_focusdeep.fusion.pyramid`,
+noise-aware, ``base_levels`` levels): the network then predicts a correction of
+the classical result, mostly denoising, and starts from it (its output layers
+are initialised near zero), so a short training run cannot end below the
+classical method. ``scale=2`` runs the per-frame features and the
+reconstruction at half resolution on pixel-unshuffled frames (12 planes for
+RGB), a quarter of the cost per frame; only the output head works at full
+resolution. The two together are the CPU configuration (see docs/models.md).
+
 Streaming uses the numerically stable online softmax: a running maximum logit
 ``m``, sum ``s = sum exp(l - m)`` and weighted sum ``a = sum exp(l - m) v``, all
 rescaled by ``exp(m_old - m_new)`` when the maximum grows; ``a / s`` at the end
@@ -24,6 +34,9 @@ softmax over the frame axis.
 """
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,7 +45,10 @@ from .base import BurstModel, Stream, check_frame
 from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, pad_to_multiple, stem_scale, wn_conv
 from .focusdeep import previous_index
 
-__all__ = ["FocusDeepAny"]
+__all__ = ["FocusDeepAny", "BASES", "pyramid_base"]
+
+#: What the skip path adds the network's correction to.
+BASES = ("select", "pyramid")
 
 
 class FocusDeepAny(BurstModel):
@@ -47,11 +63,18 @@ class FocusDeepAny(BurstModel):
         Align each frame's features to the previous frame's (PCD). Without it the
         output does not depend on the order of the frames.
     residual : bool
-        Add the soft-selected input image to the output (RGB stem only).
+        Add the skip image (soft selection or pyramid base) to the output (RGB stem only).
+    base : {"select", "pyramid"}
+        The skip image: the learned per-pixel soft selection of input frames, or
+        the classical noise-aware pyramid fusion (:func:`pyramid_base`).
+    scale : {1, 2}
+        Work at ``1/scale`` resolution on pixel-unshuffled frames (``scale=2``
+        needs ``base="pyramid"``, whose image carries the full-resolution detail).
+    base_levels : int
+        Detail levels of the pyramid base.
     """
 
     architecture = "focusdeep-any"
-    multiple = 4
 
     def __init__(
         self,
@@ -66,24 +89,47 @@ class FocusDeepAny(BurstModel):
         stem: str = "rgb",
         align: bool = True,
         residual: bool = True,
+        base: str = "select",
+        scale: int = 1,
+        base_levels: int = 3,
     ) -> None:
         super().__init__()
         stem_scale(stem)
+        if base not in BASES:
+            raise ValueError(f"unknown base {base!r}; choose one of {BASES}")
+        if int(scale) not in (1, 2):
+            raise ValueError(f"scale must be 1 or 2, got {scale!r}")
+        if base == "pyramid" and stem != "rgb":
+            raise ValueError("the pyramid base needs the rgb stem")
+        if int(scale) != 1 and base != "pyramid":
+            raise ValueError("scale=2 needs base='pyramid' (the skip image must be at full resolution)")
         self.config = dict(
             n_frames=None, in_channels=int(in_channels), out_channels=int(out_channels),
             features=int(features), front_blocks=int(front_blocks), groups=int(groups),
             blocks_per_group=int(blocks_per_group), offset_groups=int(offset_groups),
             max_offset=float(max_offset), stem=stem, align=bool(align), residual=bool(residual),
         )
+        if base != "select" or scale != 1:  # older weights' configs stay as they were
+            self.config.update(base=base, scale=int(scale), base_levels=int(base_levels))
+        self.base, self.scale, self.base_levels = base, int(scale), int(base_levels)
+        # strided feature levels (4 at 1/scale) and, for the pyramid base, its coarsest grid
+        self.multiple = int(np.lcm(4 * self.scale, 2**self.base_levels if base == "pyramid" else 1))
         nf = features
-        self.extract = FeaturePyramid(in_channels, nf, front_blocks)
+        cin = in_channels * self.scale**2
+        self.extract = FeaturePyramid(cin, nf, front_blocks)
         self.align = PCDAlign(nf, offset_groups, max_offset) if align else None
         self.score = nn.Sequential(
-            wn_conv(nf, nf, 3), nn.LeakyReLU(0.1, inplace=True), wn_conv(nf, nf + 1, 3)
+            wn_conv(nf, nf, 3), nn.LeakyReLU(0.1, inplace=True), wn_conv(nf, nf + (base == "select"), 3)
         )
         self.fusion = wn_conv(3 * nf, nf, 1)
         self.recon = LRCN(nf, groups, blocks_per_group)
-        self.head = OutputHead(nf, in_channels, out_channels, stem, residual=residual)
+        self.head = OutputHead(nf, cin, out_channels, stem, residual=residual, unshuffle=self.scale)
+        if base == "pyramid":
+            # start at the pyramid's result: the correction layers begin near zero
+            with torch.no_grad():
+                for conv in (self.head.last, self.head.skip_last):
+                    conv.parametrizations.weight.original0.mul_(0.01)
+                    conv.bias.zero_()
 
     def offset_reach(self) -> float:
         return 0.0 if self.align is None else self.align.offset_reach()
@@ -91,11 +137,16 @@ class FocusDeepAny(BurstModel):
     def _aligned(self, cur: list[Tensor], ref: list[Tensor]) -> Tensor:
         return cur[0] if self.align is None else self.align(cur, ref)
 
+    def _features(self, x: Tensor) -> list[Tensor]:
+        """Feature pyramid of padded frames ``(B, C, H, W)`` (unshuffled first for ``scale > 1``)."""
+        return self.extract(F.pixel_unshuffle(x, self.scale) if self.scale > 1 else x)
+
     def _fuse_pooled(self, attn: Tensor, fmax: Tensor, fmean: Tensor, src: Tensor, hw: tuple[int, int]) -> Tensor:
         dtype = self.fusion.weight.dtype
         pooled = torch.cat([attn, fmax, fmean], dim=1).to(dtype)
         fea = F.relu(self.fusion(pooled))
-        out = self.head(self.recon(fea), src.to(dtype))
+        src = src.to(dtype)
+        out = self.head(self.recon(fea), F.pixel_unshuffle(src, self.scale) if self.scale > 1 else src)
         s = stem_scale(self.config["stem"])
         return out[..., : hw[0] * s, : hw[1] * s]
 
@@ -103,24 +154,63 @@ class FocusDeepAny(BurstModel):
         """``(B, N, C, H, W)``, any ``N >= 1`` -> ``(B, C_out, H*s, W*s)``."""
         b, n, c, h, w = x.shape
         nf = self.config["features"]
+        base = pyramid_base(x, self.base_levels) if self.base == "pyramid" else None
         x, _ = pad_to_multiple(x, self.multiple)
         hp, wp = x.shape[-2:]
-        feats = self.extract(x.reshape(b * n, c, hp, wp))
+        feats = self._features(x.reshape(b * n, c, hp, wp))
+        hf, wf = feats[0].shape[-2:]
         if self.align is None:
             aligned = feats[0]
         else:
             prev = previous_index(n)
             ref = [f.reshape(b, n, *f.shape[1:])[:, prev].reshape(b * n, *f.shape[1:]) for f in feats]
             aligned = self.align(feats, ref)
-        logits = self.score(aligned).float().reshape(b, n, nf + 1, hp, wp)
-        a = aligned.float().reshape(b, n, nf, hp, wp)
+        logits = self.score(aligned).float().reshape(b, n, -1, hf, wf)
+        a = aligned.float().reshape(b, n, nf, hf, wf)
         attn = (torch.softmax(logits[:, :, :nf], dim=1) * a).sum(dim=1)
-        sel = torch.softmax(logits[:, :, nf:], dim=1)
-        src = (sel * x.float()).sum(dim=1)
+        if base is None:
+            sel = torch.softmax(logits[:, :, nf:], dim=1)
+            src = (sel * x.float()).sum(dim=1)
+        else:
+            src, _ = pad_to_multiple(base.to(x.device), self.multiple)
         return self._fuse_pooled(attn, a.amax(dim=1), a.mean(dim=1), src, (h, w))
 
-    def stream(self, shape: tuple[int, int, int, int]) -> Stream:
-        return _AnyStream(self, shape)
+    def stream(self, shape: tuple[int, int, int, int], noise: float | None = None) -> Stream:
+        """Stream a burst of frames of ``shape``; ``noise`` is the stack's noise level
+        for the pyramid base (default: measured on the first frame)."""
+        return _AnyStream(self, shape, noise)
+
+
+def _base_fusion(shape: tuple[int, int, int], levels: int, noise: float | None) -> Any:
+    from ..fusion.pyramid import PyramidFusion
+
+    return PyramidFusion(0, shape, levels=levels, noise="auto" if noise is None else float(noise))
+
+
+def _add_base_frame(acc: Any, frame: np.ndarray) -> None:
+    from ..fusion.core import selection_image
+
+    acc.add(frame, selection_image(frame))
+
+
+def pyramid_base(x: Tensor, levels: int = 3, noise: float | None = None) -> Tensor:
+    """The classical ``pyramid`` fusion of each burst in ``x`` ``(B, N, C, H, W)``.
+
+    Computed with :class:`~napari_focusdeep.fusion.pyramid.PyramidFusion` on the
+    CPU (no gradient flows through it), with the noise level measured per burst
+    as :func:`~napari_focusdeep.fusion.pyramid.estimate_noise` measures a stack,
+    unless ``noise`` is given. Returns ``(B, C, H, W)`` float32 on ``x``'s device.
+    """
+    from ..fusion.pyramid import estimate_noise
+
+    frames = x.detach().float().cpu().numpy().transpose(0, 1, 3, 4, 2)  # (B, N, H, W, C)
+    out = []
+    for burst in frames:
+        acc = _base_fusion(burst.shape[1:], levels, estimate_noise(burst) if noise is None else noise)
+        for frame in burst:
+            _add_base_frame(acc, np.ascontiguousarray(frame))
+        out.append(acc.finish()[0])
+    return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy()).to(x.device)
 
 
 def _online_softmax(state: list[Tensor] | None, logit: Tensor, value: Tensor) -> list[Tensor]:
@@ -137,9 +227,12 @@ def _online_softmax(state: list[Tensor] | None, logit: Tensor, value: Tensor) ->
 class _AnyStream(Stream):
     """Per burst: previous pyramid, two online softmaxes, running max and sum."""
 
-    def __init__(self, model: FocusDeepAny, shape: tuple[int, int, int, int]) -> None:
+    def __init__(self, model: FocusDeepAny, shape: tuple[int, int, int, int], noise: float | None = None) -> None:
         self.model = model
         self.shape = shape
+        b, c, h, w = shape
+        # one classical accumulator per burst in the batch, fed the same frames
+        self.bases = [_base_fusion((h, w, c), model.base_levels, noise) for _ in range(b)] if model.base == "pyramid" else None
         self.count = 0
         self.prev: list[Tensor] | None = None
         self.feat_sm: list[Tensor] | None = None
@@ -152,14 +245,19 @@ class _AnyStream(Stream):
         m = self.model
         nf = m.config["features"]
         x, _ = pad_to_multiple(frame, m.multiple)
-        feats = m.extract(x)
+        feats = m._features(x)
         aligned = m._aligned(feats, self.prev if self.prev is not None else feats)
         self.prev = feats if m.align is not None else None
         logits = m.score(aligned).float()
         a = aligned.float()
+        planes = frame.float().permute(0, 2, 3, 1).cpu().numpy() if self.bases is not None else None
         for _ in range(max(0, int(repeat))):  # a repeated frame counts like N copies of it
             self.feat_sm = _online_softmax(self.feat_sm, logits[:, :nf], a)
-            self.img_sm = _online_softmax(self.img_sm, logits[:, nf:], x.float())
+            if self.bases is None:
+                self.img_sm = _online_softmax(self.img_sm, logits[:, nf:], x.float())
+            else:
+                for acc, plane in zip(self.bases, planes):
+                    _add_base_frame(acc, np.ascontiguousarray(plane))
             self.fmax = a if self.fmax is None else torch.maximum(self.fmax, a)
             self.fsum = a.clone() if self.fsum is None else self.fsum + a
             self.count += 1
@@ -174,6 +272,12 @@ class _AnyStream(Stream):
         if self.count == 0:
             raise ValueError("no frames were pushed")
         _, s, acc = self.feat_sm
-        _, si, acci = self.img_sm
         h, w = self.shape[-2:]
-        return self.model._fuse_pooled(acc / s, self.fmax, self.fsum / self.count, acci / si, (h, w))
+        if self.bases is None:
+            _, si, acci = self.img_sm
+            src = acci / si
+        else:
+            base = np.stack([b.finish()[0] for b in self.bases]).transpose(0, 3, 1, 2)
+            self.bases = None
+            src, _ = pad_to_multiple(torch.from_numpy(base.copy()).to(acc.device), self.model.multiple)
+        return self.model._fuse_pooled(acc / s, self.fmax, self.fsum / self.count, src, (h, w))

@@ -16,6 +16,10 @@ ramp : int
     Half-width of the raised-cosine blend between tiles.
 precision : {"auto", "float32", "bfloat16", "float16"}
     Autocast dtype on CUDA (``"auto"``: bfloat16 where supported, else float16).
+noise : "auto" or float
+    For networks built on the classical pyramid (``base="pyramid"``, the shipped
+    ``focusdeep-any``): the noise level of that pyramid, as ``pyramid``'s option.
+    ``"auto"`` measures it once per stack, so tiles agree; other networks ignore it.
 
 The option check (``halo``), which the driver runs before reading or registering
 the stack, verifies the weights file (checksum and safetensors header), so a
@@ -63,7 +67,7 @@ from ..fusion.registry import Method, TileOutOfMemory, register_method
 
 __all__ = ["DeepAccumulator", "OPTIONS", "clear_model_cache", "resampling_note", "trained_frames"]
 
-OPTIONS: dict[str, Any] = {"device": "auto", "weights": None, "tile": 512, "ramp": 16, "precision": "auto"}
+OPTIONS: dict[str, Any] = {"device": "auto", "weights": None, "tile": 512, "ramp": 16, "precision": "auto", "noise": "auto"}
 
 _FOCUS_SIGMA = 2.0
 _FOCUS_RADIUS = 1 + int(np.ceil(3 * _FOCUS_SIGMA))  # Laplacian + Gaussian support
@@ -162,9 +166,34 @@ def _halo(arch: str, **opts: Any) -> int:
 
 def _align(arch: str, **opts: Any) -> int:
     _, cfg = _config_for(arch, opts.get("weights"))
+    kw = cfg["kwargs"]
     if arch == "unet":
-        return 2 ** int(cfg["kwargs"].get("depth", 4))
-    return 4
+        return 2 ** int(kw.get("depth", 4))
+    if kw.get("base") == "pyramid":  # strided features at 1/scale and the base's coarsest grid
+        return int(np.lcm(4 * int(kw.get("scale", 1)), 2 ** int(kw.get("base_levels", 3))))
+    return 4 * int(kw.get("scale", 1))
+
+
+def _prepare(arch: str, data: Any, channel: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Measure the stack's noise once for a network with a pyramid base (as ``pyramid`` does)."""
+    _, cfg = _config_for(arch, options.get("weights"))
+    noise = options.get("noise", "auto")
+    if cfg["kwargs"].get("base") == "pyramid":
+        if noise == "auto":
+            from ..fusion.pyramid import estimate_noise
+
+            # the network's base measures focus on luminance, whatever ``channel`` says
+            options["noise"] = round(estimate_noise(data, None), 7)
+        elif not isinstance(noise, (int, float)) or not np.isfinite(noise) or noise < 0:
+            raise ValueError(f"noise must be 'auto' or a number >= 0, got {noise!r}")
+    return options
+
+
+def _stream_noise(model: Any, noise: Any) -> dict[str, Any]:
+    """``stream()`` keywords: the stack's noise level, for a network with a pyramid base."""
+    if model.config.get("base") != "pyramid" or noise in (None, "auto"):
+        return {}
+    return {"noise": float(noise)}
 
 
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
@@ -227,9 +256,14 @@ class DeepAccumulator:
     device : torch.device
     precision : str
         See :func:`~napari_focusdeep.models.device.autocast_dtype`.
+    noise : float or "auto"
+        The stack's noise level, for a network with a pyramid base (``"auto"``:
+        measured on the tile's first frame).
     """
 
-    def __init__(self, model: Any, n_frames: int, shape: tuple[int, int, int], device: Any, precision: str = "auto") -> None:
+    def __init__(
+        self, model: Any, n_frames: int, shape: tuple[int, int, int], device: Any, precision: str = "auto", noise: Any = "auto"
+    ) -> None:
         from .base import resample_frames
         from .device import autocast_dtype
 
@@ -246,7 +280,7 @@ class DeepAccumulator:
         self.best = np.full((h, w), -np.inf, np.float32)
         self.depth = np.zeros((h, w), np.float32)
         with self._guard():
-            self.stream = model.stream((self.batch, 3, h, w))
+            self.stream = model.stream((self.batch, 3, h, w), **_stream_noise(model, noise))
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -325,7 +359,7 @@ def _make(arch: str, n_frames: int, shape: tuple[int, int, int], **opts: Any) ->
             _release()
             raise TileOutOfMemory(f"out of memory loading {path.name} on {device}") from None
         raise
-    return DeepAccumulator(model, n_frames, shape, device, opts.get("precision", "auto"))
+    return DeepAccumulator(model, n_frames, shape, device, opts.get("precision", "auto"), opts.get("noise", "auto"))
 
 
 def _register(arch: str) -> Method:
@@ -343,6 +377,7 @@ def _register(arch: str) -> Method:
             blend=True,
             default_block=int(OPTIONS["tile"]),
             release=_release,
+            prepare=partial(_prepare, arch),
         )
     )
 

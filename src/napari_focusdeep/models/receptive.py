@@ -120,4 +120,11 @@ def model_halo(architecture: str, **kwargs: Any) -> int:
     if architecture in ("focusdeep", "focusdeep-any") and kwargs.get("align", True):
         reach = pcd_offset_reach(float(kwargs.get("max_offset", 4.0)))
     scale = 2 if kwargs.get("stem") == "raw" else 1  # raw: reach is in packed pixels
-    return int(radius + math.ceil(reach)) * scale
+    halo = int(radius + math.ceil(reach)) * scale
+    if kwargs.get("base") == "pyramid":
+        # the classical base (computed outside autograd, so not in the measured
+        # radius) depends on its own context, which the network's layers then widen
+        from ..fusion.pyramid import pyramid_halo
+
+        halo += pyramid_halo(levels=int(kwargs.get("base_levels", 3)))
+    return halo
