@@ -248,26 +248,16 @@ class OutputHead(nn.Module):
     many input as output channels), or for the ``"raw"`` stem (4 packed planes in,
     RGB out) its fixed bilinear demosaic (:func:`bilinear_demosaic`), so the network
     predicts a correction either way.
-
-    ``unshuffle=s`` is for an RGB network that works at ``1/s`` resolution: ``src``
-    is the image pixel-unshuffled (``C * s * s`` planes), the output is ``s`` times
-    larger, and the residual is ``src`` shuffled back to full resolution.
     """
 
-    def __init__(
-        self, nf: int, in_channels: int, out_channels: int, stem: str = "rgb", residual: bool = False, unshuffle: int = 1
-    ) -> None:
+    def __init__(self, nf: int, in_channels: int, out_channels: int, stem: str = "rgb", residual: bool = False) -> None:
         super().__init__()
-        self.unshuffle = int(unshuffle)
-        if self.unshuffle != 1 and stem != "rgb":
-            raise ValueError("unshuffle applies to the rgb stem only")
-        s = stem_scale(stem) * self.unshuffle
+        s = stem_scale(stem)
         # the raw stem's identity is a demosaic: without it a raw network would have to
         # learn demosaicking before it could learn anything else (measured: it barely
         # does in a CPU-hour), with it a raw network starts where an RGB one does
-        rgb_identity = stem == "rgb" and in_channels == out_channels * self.unshuffle**2
-        self.residual = bool(residual and (rgb_identity or (stem == "raw" and in_channels == 4 and out_channels == 3)))
-        self.demosaic = stem == "raw"
+        self.residual = bool(residual and ((s == 1 and in_channels == out_channels) or (s == 2 and in_channels == 4 and out_channels == 3)))
+        self.demosaic = s == 2
         self.up = wn_conv(nf, nf * s * s, 3)
         self.skip_up = wn_conv(in_channels, nf * s * s, 3)
         self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
@@ -283,11 +273,33 @@ class OutputHead(nn.Module):
         x = F.relu(self.hr(x))
         out = self.last(x) + self.skip_last(skip1)
         if self.residual:
-            if self.demosaic:
-                out = out + bilinear_demosaic(src)
-            else:
-                out = out + (F.pixel_shuffle(src, self.unshuffle) if self.unshuffle > 1 else src)
+            out = out + (bilinear_demosaic(src) if self.demosaic else src)
         return out
+
+
+class UnshuffledHead(nn.Module):
+    """Output head of a network that works at ``1/s`` resolution on pixel-unshuffled images.
+
+    Every layer runs at ``1/s`` resolution (a full-resolution layer would cost as much
+    as ``s * s`` of them); the last one predicts the ``s * s`` sub-pixel phases of the
+    correction, which a pixel shuffle puts in place, added to the skip image::
+
+        x = relu(conv(fea) + conv(unshuffle(src)));  out = src + shuffle(last(relu(conv(x))))
+    """
+
+    def __init__(self, nf: int, channels: int, scale: int = 2) -> None:
+        super().__init__()
+        self.scale = int(scale)
+        cs = channels * self.scale**2
+        self.fea = wn_conv(nf, nf, 3)
+        self.skip = wn_conv(cs, nf, 3)
+        self.conv = wn_conv(nf, nf, 3)
+        self.last = wn_conv(nf, cs, 3)
+
+    def forward(self, fea: Tensor, src: Tensor) -> Tensor:
+        x = F.relu(self.fea(fea) + self.skip(F.pixel_unshuffle(src, self.scale)))
+        x = F.relu(self.conv(x))
+        return src + F.pixel_shuffle(self.last(x), self.scale)
 
 
 def _demosaic_kernel() -> Tensor:

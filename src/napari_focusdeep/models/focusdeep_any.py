@@ -23,8 +23,8 @@ the classical result, mostly denoising, and starts from it (its output layers
 are initialised near zero), so a short training run cannot end below the
 classical method. ``scale=2`` runs the per-frame features and the
 reconstruction at half resolution on pixel-unshuffled frames (12 planes for
-RGB), a quarter of the cost per frame; only the output head works at full
-resolution. The two together are the CPU configuration (see docs/models.md).
+RGB), a quarter of the cost per frame, and so does the output head, which
+predicts the four sub-pixel phases of the correction (:class:`UnshuffledHead`). The two together are the CPU configuration (see docs/models.md).
 
 Streaming uses the numerically stable online softmax: a running maximum logit
 ``m``, sum ``s = sum exp(l - m)`` and weighted sum ``a = sum exp(l - m) v``, all
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import BurstModel, Stream, check_frame
-from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, pad_to_multiple, stem_scale, wn_conv
+from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, UnshuffledHead, pad_to_multiple, stem_scale, wn_conv
 from .focusdeep import previous_index
 
 __all__ = ["FocusDeepAny", "BASES", "pyramid_base"]
@@ -123,11 +123,18 @@ class FocusDeepAny(BurstModel):
         )
         self.fusion = wn_conv(3 * nf, nf, 1)
         self.recon = LRCN(nf, groups, blocks_per_group)
-        self.head = OutputHead(nf, cin, out_channels, stem, residual=residual, unshuffle=self.scale)
+        if self.scale > 1:
+            if out_channels != in_channels:
+                raise ValueError("scale=2 needs as many output as input channels")
+            self.head = UnshuffledHead(nf, in_channels, self.scale)
+            last = [self.head.last]
+        else:
+            self.head = OutputHead(nf, cin, out_channels, stem, residual=residual)
+            last = [self.head.last, self.head.skip_last]
         if base == "pyramid":
             # start at the pyramid's result: the correction layers begin near zero
             with torch.no_grad():
-                for conv in (self.head.last, self.head.skip_last):
+                for conv in last:
                     conv.parametrizations.weight.original0.mul_(0.01)
                     conv.bias.zero_()
 
@@ -145,8 +152,7 @@ class FocusDeepAny(BurstModel):
         dtype = self.fusion.weight.dtype
         pooled = torch.cat([attn, fmax, fmean], dim=1).to(dtype)
         fea = F.relu(self.fusion(pooled))
-        src = src.to(dtype)
-        out = self.head(self.recon(fea), F.pixel_unshuffle(src, self.scale) if self.scale > 1 else src)
+        out = self.head(self.recon(fea), src.to(dtype))
         s = stem_scale(self.config["stem"])
         return out[..., : hw[0] * s, : hw[1] * s]
 
