@@ -16,6 +16,12 @@ Three measurements, each written to ``benchmarks/results/cpu_speed[-quick].json`
     side by side. Median of 3 runs, order rotated. From it, the time for a 15-frame 2000x1500 stack is
     extrapolated with the exact tile overhead (tiles of 512 read ``halo + ramp`` more on
     every side); that figure is labelled as extrapolated.
+``deep_full``
+    The issue's case measured, not extrapolated: the ``classical`` 15-frame
+    2000x1500 stack fused by ``focusdeep-any`` end to end, registration included, as a
+    user runs it, beside ``pyramid`` with registration; with the default tile and with
+    ``tile=1024`` (fewer, larger tiles re-read less halo). Median of 2 runs, order
+    rotated.
 ``memory``
     Peak resident memory (``VmHWM``) of a fresh subprocess fusing 10, 50 and 200 frames
     generated lazily by a dask array, ``pyramid`` (with registration) at 512x512 and
@@ -29,6 +35,7 @@ Usage::
     python -m benchmarks.cpu_speed            # 20-30 min on 2 shared cores
     python -m benchmarks.cpu_speed --quick    # smaller stacks, 1 run: a few minutes
     python -m benchmarks.cpu_speed --only deep,memory
+    python -m benchmarks.cpu_speed --only deep_full   # the 15 x 2000x1500 focusdeep-any case, ~10 min
 """
 from __future__ import annotations
 
@@ -51,11 +58,13 @@ DEEP = ("focusdeep-any", "focusdeep", "unet")
 FULL = {
     "classical": {"shape": (1500, 2000), "frames": 15, "runs": 3},
     "deep": {"shape": (256, 256), "frames": 8, "runs": 3},
+    "deep_full": {"shape": (1500, 2000), "frames": 15, "runs": 2},
     "memory": {"pyramid": (512, (10, 50, 200)), "focusdeep-any": (64, (10, 50, 200))},
 }
 QUICK = {
     "classical": {"shape": (750, 1000), "frames": 15, "runs": 1},
     "deep": {"shape": (128, 128), "frames": 8, "runs": 1},
+    "deep_full": {"shape": (375, 500), "frames": 15, "runs": 1},
     "memory": {"pyramid": (256, (10, 50, 200)), "focusdeep-any": (32, (10, 40))},
 }
 EXTRAPOLATE = {"shape": (1500, 2000), "frames": 15}  # issue 6: under 2 minutes on 2 cores
@@ -200,6 +209,31 @@ def extrapolate(deep: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def deep_full_speed(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``focusdeep-any`` on the 15-frame 2000x1500 stack, registration included, beside pyramid."""
+    from napari_focusdeep.fusion import fuse
+
+    use, skipped = _deep_available(["focusdeep-any"])
+    h, w = cfg["shape"]
+    n = cfg["frames"]
+    sim = _stack((h, w), n, seed=3)  # the classical part's stack
+    frames, ref = sim.frames, sim.reference
+    jobs: dict[str, Callable[[], Any]] = {"pyramid + registration": lambda: fuse(frames, method="pyramid", reference=ref)}
+    if use:
+        fuse(frames[:2, :64, :64], method="focusdeep-any", register=False, device="cpu")  # load outside the timing
+        jobs["focusdeep-any + registration"] = lambda: fuse(frames, method="focusdeep-any", reference=ref, device="cpu")
+        jobs["focusdeep-any + registration, tile 1024"] = lambda: fuse(
+            frames, method="focusdeep-any", reference=ref, device="cpu", tile=1024
+        )
+    times = _rounds(jobs, cfg["runs"])
+    mpf = n * h * w / 1e6
+    res = _summary(times, mpf)
+    for name, r in res.items():
+        r["ratio_to_pyramid"] = r["median_s"] / res["pyramid + registration"]["median_s"]
+    return {"stack": f"{n} frames {w}x{h} RGB uint8, 2% breathing, medium noise", "mp_frames": mpf,
+            "runs": cfg["runs"], "skipped": skipped, "results": res, "target_s": 120}
+
+
 # -- memory: one subprocess per point --------------------------------------------------
 def _vm(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -292,6 +326,12 @@ def tables(res: dict[str, Any]) -> str:
                 for k, v in d["extrapolated_15x2000x1500"].items()]
         parts.append("Extrapolated to 15 frames of 2000x1500 (s per MP-frame × frames pushed × 3 MP × tile read ratio)\n\n"
                      + fmt_table(["method", "frames pushed", "tiles", "halo", "read ratio", "seconds", "minutes"], rows))
+    if "deep_full" in res:
+        d = res["deep_full"]
+        rows = [[k, v["median_s"], v["s_per_mp_frame"], v["ratio_to_pyramid"], ", ".join(f"{t:.1f}" for t in v["runs_s"])]
+                for k, v in d["results"].items()]
+        parts.append(f"Deep end to end (CPU, float32), {d['stack']} ({d['mp_frames']:.0f} MP-frames)\n\n"
+                     + fmt_table(["run", "median s", "s per MP-frame", "× pyramid", "runs (s)"], rows))
     if "memory" in res:
         rows = [[p["method"], p["size"], p["frames"], p["stack_uint8_bytes"] / 2**20, p["peak_bytes"] / 2**20,
                  p["fusion_bytes"] / 2**20, p["fusion_in_frames"], p["seconds"]] for p in res["memory"]["points"]]
@@ -302,20 +342,20 @@ def tables(res: dict[str, Any]) -> str:
 
 def run(*, quick: bool = False, only: Sequence[str] | None = None, out: Path | None = None) -> dict[str, Any]:
     cfg = QUICK if quick else FULL
-    parts = list(only or ("classical", "deep", "memory"))
+    parts = list(only or ("classical", "deep", "deep_full", "memory"))
     out = out or RESULTS_DIR / ("cpu_speed-quick.json" if quick else "cpu_speed.json")
     res: dict[str, Any] = {"benchmark": "cpu_speed", "command": "python -m benchmarks.cpu_speed" + (" --quick" if quick else ""),
                            "machine": machine(), "config": {k: cfg[k] for k in parts}, "complete": False}
     if only and out.is_file():
         # a partial rerun updates its parts and keeps the others' results
         previous = json.loads(out.read_text())
-        for part in ("classical", "deep", "memory"):
+        for part in ("classical", "deep", "deep_full", "memory"):
             if part in previous and part not in parts:
                 res[part] = previous[part]
                 res["config"][part] = previous.get("config", {}).get(part)
                 res.setdefault("machine_of_kept_parts", {})[part] = previous.get("machine")
     started = time.perf_counter()
-    funcs = {"classical": classical_speed, "deep": deep_speed, "memory": memory_scaling}
+    funcs = {"classical": classical_speed, "deep": deep_speed, "deep_full": deep_full_speed, "memory": memory_scaling}
     for part in parts:
         if part not in funcs:
             raise SystemExit(f"unknown part {part!r}; choose from {', '.join(funcs)}")
@@ -333,7 +373,7 @@ def run(*, quick: bool = False, only: Sequence[str] | None = None, out: Path | N
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.cpu_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller stacks, one run each")
-    ap.add_argument("--only", help="comma-separated parts: classical, deep, memory (default: all)")
+    ap.add_argument("--only", help="comma-separated parts: classical, deep, deep_full, memory (default: all)")
     ap.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/cpu_speed[-quick].json)")
     ap.add_argument("--rss-child", nargs=3, metavar=("METHOD", "FRAMES", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -157,18 +157,32 @@ def test_raw_training_steps_reduce_the_loss(tmp_path: Path) -> None:
 
 
 def test_raw_run_starts_from_the_shipped_rgb_weights(tmp_path: Path) -> None:
-    from napari_focusdeep.models.weights import default_weights, load_state
+    from napari_focusdeep.models.raw_init import rgb_start_weights
+    from napari_focusdeep.models.weights import load_state
     from napari_focusdeep.training.train import TrainConfig, train
 
     said: list[str] = []
     cfg = TrainConfig(raw=True, steps=0, batch_size=1, crop=32, frames=(2, 2), val_count=1)
     result = train(cfg, tmp_path / "run", log=said.append)
     assert any("shipped RGB weights" in s for s in said) and any("derived" in s for s in said)
-    rgb = load_state(default_weights("focusdeep-any"))
+    rgb = load_state(rgb_start_weights("focusdeep-any"))
     raw = load_state(result.weights)
     assert torch.equal(rgb["recon.tail.bias"], raw["recon.tail.bias"])
     assert raw["extract.conv_first.parametrizations.weight.original1"].shape[1] == 4
     assert result.history[0]["val_psnr"] is not None  # the starting point is scored
+
+
+def test_raw_start_skips_rgb_weights_built_on_the_pyramid(tmp_path: Path) -> None:
+    from napari_focusdeep.models import weights as W
+    from napari_focusdeep.models.raw_init import rgb_start_weights
+
+    based = build_model("focusdeep-any", align=False, base="pyramid", scale=2, **TINY)
+    W.save_weights(based, tmp_path / "focusdeep-any.safetensors")
+    with pytest.raises(W.WeightsNotFoundError, match="without a pyramid base"):
+        rgb_start_weights("focusdeep-any", tmp_path)
+    W.save_weights(build_model("focusdeep-any", **TINY), tmp_path / "focusdeep-any-select.safetensors")
+    assert rgb_start_weights("focusdeep-any", tmp_path).name == "focusdeep-any-select.safetensors"
+    assert W.default_weights("focusdeep-any", tmp_path).name == "focusdeep-any.safetensors"
 
 
 def test_raw_mode_refuses_what_it_cannot_train(tmp_path: Path) -> None:

@@ -30,10 +30,44 @@ from torch import nn
 
 from .blocks import bilinear_demosaic
 
-__all__ = ["init_raw_from_rgb", "RAW_ONLY"]
+__all__ = ["init_raw_from_rgb", "rgb_start_weights", "RAW_ONLY"]
 
 #: Layers whose shapes differ between the RGB and the raw stem (derived, not copied).
 RAW_ONLY = ("extract.conv_first", "head.skip_up", "head.up")
+
+
+def rgb_start_weights(architecture: str, directory: Any = None) -> Any:
+    """Installed RGB weights a raw network of ``architecture`` can start from.
+
+    The architecture's default weights, unless they are built on the classical
+    pyramid base (which needs RGB frames, so no raw network has it); then the
+    installed RGB weights of that architecture without one (for ``focusdeep-any``,
+    ``focusdeep-any-select``).
+
+    Raises
+    ------
+    WeightsNotFoundError
+        No installed RGB weights of ``architecture`` without a pyramid base.
+    """
+    from .weights import WeightsNotFoundError, _installed, default_weights, read_config
+
+    def usable(cfg: dict[str, Any]) -> bool:
+        return (
+            cfg.get("architecture") == architecture
+            and cfg.get("input", "rgb") == "rgb"
+            and cfg["kwargs"].get("base", "select") != "pyramid"
+        )
+
+    path = default_weights(architecture, directory)
+    if usable(read_config(path)):
+        return path
+    for p in _installed(directory):
+        try:
+            if usable(read_config(p)):
+                return p
+        except (ValueError, OSError):
+            continue
+    raise WeightsNotFoundError(f"no installed RGB {architecture} weights without a pyramid base to start a raw network from")
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:

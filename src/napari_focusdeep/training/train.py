@@ -290,7 +290,12 @@ def _resolve_init(cfg: TrainConfig, own_data: bool, say: Callable[[str], None]) 
         if not own_data and not cfg.raw:
             return None
         try:
-            path = default_weights(cfg.architecture)
+            if cfg.raw:
+                from ..models.raw_init import rgb_start_weights
+
+                path = rgb_start_weights(cfg.architecture)
+            else:
+                path = default_weights(cfg.architecture)
         except WeightsNotFoundError:
             say(f"no shipped {cfg.architecture} weights: training from scratch")
             return None
