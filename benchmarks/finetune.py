@@ -122,6 +122,13 @@ def score(stacks: Sequence[Any], method: str, weights: str | None = None, border
     return float(np.mean(out))
 
 
+def _parts(weights: str) -> set[str]:
+    """Top-level parts of the network in ``weights`` (what ``--freeze`` can name)."""
+    from napari_focusdeep.models.weights import load_state
+
+    return {k.split(".", 1)[0] for k in load_state(weights)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="fine-tuning budget in CPU minutes (default 10)")
@@ -133,7 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (the trainer's fine-tuning default)")
-    ap.add_argument("--freeze", default="extract,align", help="parts kept fixed ('' trains everything)")
+    ap.add_argument(
+        "--freeze", default="extract,align",
+        help="parts kept fixed, those the network has ('' trains everything; a network without alignment has no align)",
+    )
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument(
@@ -168,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = held_out(a.held_out, psf=a.psf, size=a.size, frames=a.frames, noise=a.noise)
     test_known = held_out(a.held_out, psf="disk", size=a.size, frames=a.frames, noise=a.noise)
     shipped = str(default_weights("focusdeep-any"))
+    parts = _parts(shipped)
+    freeze = tuple(x for x in a.freeze.split(",") if x and x in parts)
     say("scoring the shipped weights and pyramid")
     before = score(test, "focusdeep-any", shipped)
     pyramid = score(test, "pyramid")
@@ -179,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=a.lr, min_lr=a.lr / 20, crop=a.crop, val_every=a.val_every, val_count=8, device="cpu",
         noise={"random": True, "none": False}.get(a.inject, a.inject),
         data=str(work / "data"), pseudo_gt=None if a.pseudo_gt == "none" else a.pseudo_gt,
-        freeze=tuple(x for x in a.freeze.split(",") if x), seed=0,
+        freeze=freeze, seed=0,
     )
     cpu0, wall0 = time.process_time(), time.monotonic()
     result = train(cfg, work / "run", resume=False, log=say)
@@ -210,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_wall_s": round(wall_s, 1),
         "total_wall_s": round(time.monotonic() - t0, 1),
         "threads": a.threads,
+        "frozen": list(freeze),
         "config": {k: v for k, v in vars(a).items()},
         "weights": str(result.weights),
         "load_average": [round(x, 2) for x in os.getloadavg()],

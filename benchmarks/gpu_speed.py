@@ -46,19 +46,22 @@ def deform_check(device: torch.device) -> None:
 
 def throughput(device: torch.device, weights_dir: Path | None) -> None:
     from napari_focusdeep.models import build_model
+    from napari_focusdeep.models.weights import read_config, resolve_weights
 
+    # label -> (architecture, constructor arguments): the installed weights' sizes
     configs = {
-        "focusdeep-any": dict(features=32, front_blocks=2, groups=2, blocks_per_group=2),
-        "focusdeep": dict(features=32, front_blocks=2, groups=2, blocks_per_group=2, n_frames=8),
-        "unet": dict(n_frames=8),
+        name: (cfg["architecture"], cfg["kwargs"])
+        for name in ("focusdeep-any", "focusdeep-any-select", "focusdeep")
+        for cfg in [read_config(resolve_weights(name))]
     }
+    configs["unet"] = ("unet", dict(n_frames=8))
     if weights_dir is not None:
         for arch, sub in (("focusdeep-any", "any"), ("focusdeep", "fixed")):
             cfg = weights_dir / sub / f"{arch}.json"
             if cfg.exists():
-                configs[arch] = json.loads(cfg.read_text())["kwargs"]
+                configs[arch] = (arch, json.loads(cfg.read_text())["kwargs"])
     size = 512
-    for arch, kw in configs.items():
+    for label, (arch, kw) in configs.items():
         model = build_model(arch, **kw).to(device).eval()
         n = model.n_frames or 16
         x = torch.rand(1, n, 3, size, size, device=device)
@@ -79,7 +82,7 @@ def throughput(device: torch.device, weights_dir: Path | None) -> None:
                     torch.cuda.synchronize()
                     times.append(time.perf_counter() - t)
             med = float(np.median(times))
-            emit(check="throughput", model=arch, dtype=str(dtype).split(".")[-1], tile=size, frames=n,
+            emit(check="throughput", model=label, dtype=str(dtype).split(".")[-1], tile=size, frames=n,
                  seconds=med, mp_frames_per_s=n * size * size / 1e6 / med,
                  params=sum(p.numel() for p in model.parameters()))
 

@@ -182,8 +182,11 @@ def _prepare(arch: str, data: Any, channel: Any, options: dict[str, Any]) -> dic
         if noise == "auto":
             from ..fusion.pyramid import estimate_noise
 
-            # the network's base measures focus on luminance, whatever ``channel`` says
-            options["noise"] = round(estimate_noise(data, None), 7)
+            # measured as the network's base sees the frames, whatever ``channel`` says:
+            # RGB as luminance, any other channel count one channel at a time (as gray)
+            c = int(data.shape[-1]) if len(data.shape) == 4 else 1
+            sigma = estimate_noise(data, None) if c in (1, 3) else float(np.median([estimate_noise(data, i) for i in range(c)]))
+            options["noise"] = round(sigma, 7)
         elif not isinstance(noise, (int, float)) or not np.isfinite(noise) or noise < 0:
             raise ValueError(f"noise must be 'auto' or a number >= 0, got {noise!r}")
     return options
