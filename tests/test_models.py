@@ -239,6 +239,8 @@ def test_pyramid_base_stream_equals_forward_at_the_same_noise():
         for i in range(5):
             stream.push(x[:, i])
         out = stream.finish()
+        with pytest.raises(RuntimeError, match="finished"):
+            stream.finish()
     assert torch.allclose(out, ref, atol=1e-5)
 
 
@@ -247,6 +249,8 @@ def test_pyramid_base_stream_equals_forward_at_the_same_noise():
     (dict(scale=3, base="pyramid"), "scale must be 1 or 2"),
     (dict(base="median"), "unknown base"),
     (dict(base="pyramid", stem="raw", in_channels=4), "needs the rgb stem"),
+    (dict(base="pyramid", residual=False), "residual=True"),
+    (dict(base="pyramid", base_levels=0), "base_levels must be"),
 ])
 def test_pyramid_base_options_checked(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -258,6 +262,10 @@ def test_pyramid_base_halo_adds_the_pyramid_context():
     from napari_focusdeep.models.receptive import model_halo, receptive_radius
 
     assert model_halo("focusdeep-any", **BASED) == receptive_radius("focusdeep-any", **BASED) + pyramid_halo(levels=3)
+    # with alignment at half resolution the offsets reach twice as far in input pixels
+    aligned = dict(BASED, align=True)
+    reach = 2 * 4 * (4 + 1)
+    assert model_halo("focusdeep-any", **aligned) == receptive_radius("focusdeep-any", **aligned) + reach + pyramid_halo(levels=3)
 
 
 def test_pyramid_base_tiled_equals_whole(tmp_path):
@@ -273,6 +281,13 @@ def test_pyramid_base_tiled_equals_whole(tmp_path):
     assert np.abs(whole.image - tiled.image).max() < 1e-3
     # the noise was measured once for the stack and is what every tile used
     assert whole.info["options"]["noise"] == tiled.info["options"]["noise"] > 0.02
+    # channels fused as gray stacks of their own get a noise level each
+    from napari_focusdeep.stack import Stack
+
+    two = fuse(Stack.from_array(stack[..., :2], axes="ZYXC"), method="focusdeep-any", weights=path, register=False, device="cpu", tile=24, ramp=4)
+    assert len(two.info["options"]["noise"]) == 2
+    one = fuse(stack[..., 0], method="focusdeep-any", weights=path, register=False, device="cpu")
+    assert np.abs(two.image[..., 0] - one.image).max() < 1e-3  # channel 0 as if fused alone
     fixed = fuse(stack, method="focusdeep-any", weights=path, register=False, device="cpu", noise=0)
     assert np.abs(fixed.image - whole.image).max() > 1e-3  # max selection: another base
     with pytest.raises(ValueError, match="noise must be"):

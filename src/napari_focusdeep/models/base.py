@@ -94,9 +94,9 @@ class BurstModel(nn.Module):
         raise NotImplementedError
 
     # Convenience: one implicit stream per model (the fusion methods use stream()).
-    def start(self, shape: tuple[int, int, int, int]) -> Stream:
-        """Begin fusing a burst of frames of ``shape = (B, C, H, W)``."""
-        self._stream = self.stream(tuple(int(s) for s in shape))
+    def start(self, shape: tuple[int, int, int, int], **kwargs: Any) -> Stream:
+        """Begin fusing a burst of frames of ``shape = (B, C, H, W)`` (``kwargs``: see ``stream``)."""
+        self._stream = self.stream(tuple(int(s) for s in shape), **kwargs)
         return self._stream
 
     def push(self, frame: Tensor, repeat: int = 1) -> None:

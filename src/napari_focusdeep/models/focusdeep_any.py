@@ -34,7 +34,7 @@ softmax over the frame axis.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -99,8 +99,10 @@ class FocusDeepAny(BurstModel):
             raise ValueError(f"unknown base {base!r}; choose one of {BASES}")
         if int(scale) not in (1, 2):
             raise ValueError(f"scale must be 1 or 2, got {scale!r}")
-        if base == "pyramid" and stem != "rgb":
-            raise ValueError("the pyramid base needs the rgb stem")
+        if base == "pyramid" and (stem != "rgb" or not residual):
+            raise ValueError("the pyramid base needs the rgb stem and residual=True (the network corrects it)")
+        if int(base_levels) < 1:
+            raise ValueError(f"base_levels must be >= 1, got {base_levels!r}")
         if int(scale) != 1 and base != "pyramid":
             raise ValueError("scale=2 needs base='pyramid' (the skip image must be at full resolution)")
         self.config = dict(
@@ -139,7 +141,8 @@ class FocusDeepAny(BurstModel):
                     conv.bias.zero_()
 
     def offset_reach(self) -> float:
-        return 0.0 if self.align is None else self.align.offset_reach()
+        # alignment works on features, ``scale`` input pixels apart
+        return 0.0 if self.align is None else self.align.offset_reach() * self.scale
 
     def _aligned(self, cur: list[Tensor], ref: list[Tensor]) -> Tensor:
         return cur[0] if self.align is None else self.align(cur, ref)
@@ -181,9 +184,16 @@ class FocusDeepAny(BurstModel):
             src, _ = pad_to_multiple(base.to(x.device), self.multiple)
         return self._fuse_pooled(attn, a.amax(dim=1), a.mean(dim=1), src, (h, w))
 
-    def stream(self, shape: tuple[int, int, int, int], noise: float | None = None) -> Stream:
-        """Stream a burst of frames of ``shape``; ``noise`` is the stack's noise level
-        for the pyramid base (default: measured on the first frame)."""
+    def stream(self, shape: tuple[int, int, int, int], noise: float | Sequence[float] | None = None) -> Stream:
+        """Stream a burst of frames of ``shape = (B, C, H, W)``.
+
+        ``noise`` is the stack's noise level for the pyramid base, one for all ``B``
+        bursts or one each. Give it when the burst is fused in tiles, so every tile
+        uses the same (the fusion methods measure it once per stack). ``None``
+        measures it on each burst's first frame, which is what a tile sees, where
+        ``forward`` measures the whole burst as
+        :func:`~napari_focusdeep.fusion.pyramid.estimate_noise` does.
+        """
         return _AnyStream(self, shape, noise)
 
 
@@ -238,7 +248,13 @@ class _AnyStream(Stream):
         self.shape = shape
         b, c, h, w = shape
         # one classical accumulator per burst in the batch, fed the same frames
-        self.bases = [_base_fusion((h, w, c), model.base_levels, noise) for _ in range(b)] if model.base == "pyramid" else None
+        self.bases = None
+        if model.base == "pyramid":
+            levels = noise if isinstance(noise, Sequence) else [noise] * b
+            if len(levels) != b:
+                raise ValueError(f"{len(levels)} noise levels for {b} bursts")
+            self.bases = [_base_fusion((h, w, c), model.base_levels, n) for n in levels]
+        self.finished = False
         self.count = 0
         self.prev: list[Tensor] | None = None
         self.feat_sm: list[Tensor] | None = None
@@ -247,6 +263,8 @@ class _AnyStream(Stream):
         self.fsum: Tensor | None = None
 
     def push(self, frame: Tensor, repeat: int = 1) -> None:
+        if self.finished:
+            raise RuntimeError("this burst is finished; start another stream")
         check_frame(frame, self.shape)
         m = self.model
         nf = m.config["features"]
@@ -275,8 +293,11 @@ class _AnyStream(Stream):
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def finish(self) -> Tensor:
+        if self.finished:
+            raise RuntimeError("this burst is finished; start another stream")
         if self.count == 0:
             raise ValueError("no frames were pushed")
+        self.finished = True
         _, s, acc = self.feat_sm
         h, w = self.shape[-2:]
         if self.bases is None:
@@ -284,6 +305,6 @@ class _AnyStream(Stream):
             src = acci / si
         else:
             base = np.stack([b.finish()[0] for b in self.bases]).transpose(0, 3, 1, 2)
-            self.bases = None
+            self.bases = []
             src, _ = pad_to_multiple(torch.from_numpy(base.copy()).to(acc.device), self.model.multiple)
         return self.model._fuse_pooled(acc / s, self.fmax, self.fsum / self.count, src, (h, w))

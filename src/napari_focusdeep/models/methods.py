@@ -19,7 +19,8 @@ precision : {"auto", "float32", "bfloat16", "float16"}
 noise : "auto" or float
     For networks built on the classical pyramid (``base="pyramid"``, the shipped
     ``focusdeep-any``): the noise level of that pyramid, as ``pyramid``'s option.
-    ``"auto"`` measures it once per stack, so tiles agree; other networks ignore it.
+    ``"auto"`` measures it once per stack (per channel for stacks that are neither
+    gray nor RGB), so tiles agree; other networks ignore it.
 
 The option check (``halo``), which the driver runs before reading or registering
 the stack, verifies the weights file (checksum and safetensors header), so a
@@ -175,28 +176,35 @@ def _align(arch: str, **opts: Any) -> int:
 
 
 def _prepare(arch: str, data: Any, channel: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Measure the stack's noise once for a network with a pyramid base (as ``pyramid`` does)."""
+    """Measure the stack's noise once for a network with a pyramid base (as ``pyramid`` does).
+
+    Measured as the network's base sees the frames, whatever ``channel`` says: an RGB
+    stack as luminance, a gray one as it is, any other channel count one channel at a
+    time (each is fused as its own gray stack), giving one level per channel.
+    """
+    from ..fusion.pyramid import _check_noise, estimate_noise
+
     _, cfg = _config_for(arch, options.get("weights"))
     noise = options.get("noise", "auto")
-    if cfg["kwargs"].get("base") == "pyramid":
-        if noise == "auto":
-            from ..fusion.pyramid import estimate_noise
-
-            # measured as the network's base sees the frames, whatever ``channel`` says:
-            # RGB as luminance, any other channel count one channel at a time (as gray)
-            c = int(data.shape[-1]) if len(data.shape) == 4 else 1
-            sigma = estimate_noise(data, None) if c in (1, 3) else float(np.median([estimate_noise(data, i) for i in range(c)]))
-            options["noise"] = round(sigma, 7)
-        elif not isinstance(noise, (int, float)) or not np.isfinite(noise) or noise < 0:
-            raise ValueError(f"noise must be 'auto' or a number >= 0, got {noise!r}")
+    if isinstance(noise, (list, tuple)):  # per channel, as measured below (a rerun with the same options)
+        noise = [_check_noise(float(n), 1.0)[0] for n in noise]
+    else:
+        noise = _check_noise(noise, 1.0)[0]
+    if cfg["kwargs"].get("base") == "pyramid" and noise == "auto":
+        c = int(data.shape[-1])
+        if c in (1, 3):
+            noise = round(estimate_noise(data, None), 7)
+        else:
+            noise = [round(estimate_noise(data, i), 7) for i in range(c)]
+    options["noise"] = noise
     return options
 
 
 def _stream_noise(model: Any, noise: Any) -> dict[str, Any]:
     """``stream()`` keywords: the stack's noise level, for a network with a pyramid base."""
-    if model.config.get("base") != "pyramid" or noise in (None, "auto"):
+    if model.config.get("base") != "pyramid" or isinstance(noise, str) or noise is None:
         return {}
-    return {"noise": float(noise)}
+    return {"noise": [float(n) for n in noise] if isinstance(noise, (list, tuple)) else float(noise)}
 
 
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()

@@ -118,7 +118,8 @@ def model_halo(architecture: str, **kwargs: Any) -> int:
     radius = receptive_radius(architecture, **kwargs)
     reach = 0.0
     if architecture in ("focusdeep", "focusdeep-any") and kwargs.get("align", True):
-        reach = pcd_offset_reach(float(kwargs.get("max_offset", 4.0)))
+        # in feature pixels, which are ``scale`` input pixels apart for a half-resolution network
+        reach = pcd_offset_reach(float(kwargs.get("max_offset", 4.0))) * int(kwargs.get("scale", 1))
     scale = 2 if kwargs.get("stem") == "raw" else 1  # raw: reach is in packed pixels
     halo = int(radius + math.ceil(reach)) * scale
     if kwargs.get("base") == "pyramid":

@@ -279,6 +279,19 @@ class _CropBatches(torch.utils.data.Dataset):
         return torch.from_numpy(burst), torch.from_numpy(target)
 
 
+def _constructor_defaults(architecture: str) -> dict[str, Any]:
+    """The keyword defaults of an architecture's class (what a saved config leaves out)."""
+    import inspect
+
+    from ..models.factory import _classes
+
+    cls = _classes()[architecture.lower().replace("_", "-")]
+    return {
+        k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
 def _resolve_init(cfg: TrainConfig, own_data: bool, say: Callable[[str], None]) -> Path | None:
     """The weights a run starts from (see :class:`TrainConfig`), or None for scratch."""
     from ..models.weights import WeightsNotFoundError, default_weights, resolve_weights
@@ -301,7 +314,7 @@ def _resolve_init(cfg: TrainConfig, own_data: bool, say: Callable[[str], None]) 
             return None
         from ..models.weights import read_config
 
-        shipped = read_config(path)["kwargs"]
+        shipped = {**_constructor_defaults(cfg.architecture), **read_config(path)["kwargs"]}
         ignore = set(RAW_MODEL) if cfg.raw else set()  # a raw run derives its stem from the RGB one
         clash = {k: v for k, v in cfg.model.items() if k in shipped and shipped[k] != v and k not in ignore}
         if clash:
