@@ -276,11 +276,13 @@ def test_blocks_as_distributed_tasks_equal_block_wise_fuse(tmp_path, scheduler):
 
 def test_distribute_blocks_through_the_cli(plate, tmp_path, scheduler, capsys):
     out = tmp_path / "out"
+    # Without registration: ECC under load may differ in the last bits between two runs
+    # (once seen), and what is tested here is the distribution of the blocks.
     argv = ["batch", plate / "B2.tif", "-o", out, "--scheduler", scheduler, "--distribute-blocks",
-            "--block-size", 16, "--method", "laplacian"]
+            "--block-size", 16, "--method", "laplacian", "--no-register"]
     code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
-    ref = fuse(read_stack(plate / "B2.tif"), method="laplacian", block_size=16)
+    ref = fuse(read_stack(plate / "B2.tif"), method="laplacian", block_size=16, register=False)
     assert ref.info["blocks"] > 1
     np.testing.assert_array_equal(tifffile.imread(out / "B2.tif"), ref.image)
 
