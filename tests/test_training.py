@@ -357,3 +357,14 @@ def test_finetune_starts_from_the_shipped_weights_and_never_writes_worse(tmp_pat
     res = train(scratch, tmp_path / "scratch", log=lines.append)
     assert "shipped" not in "\n".join(lines)
     assert json.loads(res.weights.with_suffix(".json").read_text())["kwargs"]["features"] == 8
+
+
+def test_simulated_pairs_include_gray_and_8bit_bursts():
+    gray = SimConfig(crop=32, gray_fraction=1.0, uint8_fraction=0.0)
+    burst, target = simulated_pair(np.random.default_rng(0), gray, 3)
+    # a gray stack as it reaches the RGB network: one image in all channels, noise included
+    assert np.array_equal(burst[:, 0], burst[:, 2]) and np.array_equal(target[0], target[1])
+    q = SimConfig(crop=32, gray_fraction=0.0, uint8_fraction=1.0)
+    burst, target = simulated_pair(np.random.default_rng(0), q, 3)
+    assert np.allclose(burst * 255, np.rint(burst * 255), atol=1e-4) and not np.array_equal(burst[:, 0], burst[:, 2])
+    assert not np.allclose(target * 255, np.rint(target * 255), atol=1e-4)  # the target stays exact

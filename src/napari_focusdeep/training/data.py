@@ -45,6 +45,9 @@ class SimConfig:
 
     ``frames`` is the (min, max) burst length; ``residual_breathing`` and
     ``residual_shake`` the misalignment left after global registration.
+    ``gray_fraction`` of RGB bursts become gray (luminance in all three channels,
+    noise included, as a gray stack reaches an RGB network) and ``uint8_fraction``
+    are quantised to 8 bits, as most stacks on disk are.
     """
 
     crop: int = 128
@@ -56,6 +59,8 @@ class SimConfig:
     noise: bool = True
     noise_free_fraction: float = 0.15
     photo_fraction: float = 0.5
+    gray_fraction: float = 0.2
+    uint8_fraction: float = 0.5
     photos: tuple[str, ...] = PHOTO_SOURCES
     channels: int = 3
     _photo_cache: dict = field(default_factory=dict, repr=False)
@@ -108,9 +113,17 @@ def simulated_pair(
         seed=rng,
     )
     frames = sim.frames if sim.frames.ndim == 4 else sim.frames[..., None]
+    sharp = np.atleast_3d(sim.sharp)
+    # (no draw when a fraction is 0, so such a configuration keeps its random stream)
+    if frames.shape[-1] == 3 and cfg.gray_fraction and rng.random() < cfg.gray_fraction:
+        luma = np.array([0.299, 0.587, 0.114], np.float32)
+        frames = np.repeat((frames @ luma)[..., None], 3, axis=-1)
+        sharp = np.repeat((sharp @ luma)[..., None], 3, axis=-1)
+    if cfg.uint8_fraction and rng.random() < cfg.uint8_fraction:
+        frames = np.rint(np.clip(frames, 0, 1) * 255) / 255
     return (
         np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32),
-        np.ascontiguousarray(np.atleast_3d(sim.sharp).transpose(2, 0, 1), dtype=np.float32),
+        np.ascontiguousarray(sharp.transpose(2, 0, 1), dtype=np.float32),
     )
 
 
@@ -133,7 +146,8 @@ def simulated_raw_pair(
 
     if cfg.crop % 2 or cfg.channels != 3:
         raise ValueError(f"raw pairs need an even crop and 3 channels, got crop {cfg.crop}, channels {cfg.channels}")
-    clean = dataclasses.replace(cfg, noise=False)  # shares the photo cache
+    # shares the photo cache; a raw sensor is neither gray nor 8-bit
+    clean = dataclasses.replace(cfg, noise=False, gray_fraction=0.0, uint8_fraction=0.0)
     frames, sharp = simulated_pair(rng, clean, n_frames)  # noise goes in after unprocessing, in linear raw
     camera = random_camera(rng)  # drawn before the noise: a clean and a noisy run share the burst
     noise = None
