@@ -49,7 +49,7 @@ def test_raw_noise_is_shot_plus_read_on_the_clean_burst() -> None:
     from napari_focusdeep.training.data import simulated_pair
     from napari_focusdeep.training.unprocess import random_camera
 
-    simulated_pair(rng, SimConfig(crop=64, frames=(6, 6), noise=False), None)
+    simulated_pair(rng, SimConfig(crop=64, frames=(6, 6), noise=False, gray_fraction=0.0, uint8_fraction=0.0), None)
     random_camera(rng)
     rng.random()
     level = sample_noise(rng)
