@@ -28,13 +28,18 @@ PROBE = 32  # side of the tile the work is counted on (scaled to one megapixel)
 
 
 def _flops(model: Any, n_frames: int) -> tuple[float, float]:
-    """GFLOP (2 per multiply-add) per megapixel: per pushed frame, and at finish."""
+    """GFLOP (2 per multiply-add) per megapixel of the image: per pushed frame, and at finish.
+
+    A raw network's input is packed 2x2 (its ``PROBE`` x ``PROBE`` planes are a
+    ``2 PROBE`` x ``2 PROBE`` image), so its work is counted per megapixel of the mosaic.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.rand(1, 3, PROBE, PROBE)
+    c = model.in_channels
+    x = torch.rand(1, c, PROBE, PROBE)
     with torch.inference_mode():
-        stream = model.stream((1, 3, PROBE, PROBE))
+        stream = model.stream((1, c, PROBE, PROBE))
         stream.push(x)  # the first frame aligns to itself: count a later one
         counter = FlopCounterMode(display=False)
         with counter:
@@ -46,7 +51,8 @@ def _flops(model: Any, n_frames: int) -> tuple[float, float]:
         with counter:
             stream.finish()
         fin = counter.get_total_flops()
-    scale = 1e6 / PROBE**2 / 1e9
+    side = PROBE * (2 if model.config.get("stem") == "raw" else 1)
+    scale = 1e6 / side**2 / 1e9
     return push * scale, fin * scale
 
 
@@ -90,6 +96,12 @@ def table(data: list[dict[str, Any]]) -> str:
             shape = f"features {c['features']}, depth {c['depth']}"
         else:
             shape = f"nf {c['features']}, {c['front_blocks']} front WARBs, LRCN {c['groups']}x{c['blocks_per_group']}"
+            if c.get("base") == "pyramid":
+                shape += f", pyramid base, 1/{c.get('scale', 1)} resolution"
+            if not c.get("align", True):
+                shape += ", no alignment"
+            if c.get("stem") == "raw":
+                shape += ", raw stem (per MP of mosaic)"
         body.append([r["model"], r["n_frames"] or "any", shape, f"{r['params'] / 1e6:.2f} M", r["halo"],
                      f"{r['gflop_per_mp_frame']:.0f}", f"{r['gflop_per_mp_finish']:.0f}"])
     return fmt_table(["model", "N", "size", "parameters", "halo (px)", "GFLOP / MP per frame", "GFLOP / MP at finish"], body)
