@@ -327,7 +327,7 @@ def test_finetune_starts_from_the_shipped_weights_and_never_writes_worse(tmp_pat
     lines = []
     cfg = TrainConfig(
         architecture="focusdeep-any", steps=4, batch_size=2, crop=48, lr=1e-4, val_every=2, val_count=3,
-        device="cpu", data=str(tmp_path / "data"), freeze=("extract", "align"),
+        device="cpu", data=str(tmp_path / "data"), freeze=("extract",),
     )
     res = train(cfg, tmp_path / "run", log=lines.append)
     text = "\n".join(lines)
