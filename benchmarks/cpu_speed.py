@@ -25,9 +25,9 @@ Three measurements, each written to ``benchmarks/results/cpu_speed[-quick].json`
 ``memory``
     Peak resident memory (``VmHWM``) of a fresh subprocess fusing 10, 50 and 200 frames
     generated lazily by a dask array, ``pyramid`` (with registration) at 512x512 and
-    ``focusdeep-any`` at 64x64 (its CPU cost, one to four minutes per megapixel-frame on
-    2 shared cores, rules out 200 frames of 512x512 here; the model's own test suite
-    checks constant memory in N too). ``peak - baseline`` (RSS just before ``fuse``) is
+    ``focusdeep-any`` at 64x64 (sized when the end-to-end network, one to four minutes per
+    megapixel-frame on 2 shared cores, was the default; the model's own test suite checks
+    constant memory in N too). ``peak - baseline`` (RSS just before ``fuse``) is
     what the fusion itself needed.
 
 Usage::
