@@ -397,6 +397,24 @@ def test_mismatched_channels_and_dtype_are_refused(tmp_path):
         read_stack(folder)
 
 
+def test_folder_leaves_out_ground_truths_and_results_with_a_warning(tmp_path):
+    folder = tmp_path / "pcb"
+    _frame_folder(folder, 3)
+    # same size as the frames, so only the name can tell (focus-stack's samples hold expected.jpg)
+    for name in ("expected.png", "ground_truth.png", "pcb_fused.png", "depth.png"):
+        _write_png(folder / name, np.full((12, 16), 99, np.uint8))
+    _write_png(folder / "result_004.png", np.full((12, 16), 7, np.uint8))  # numbered: a frame
+    with pytest.warns(UserWarning, match="not fusing .*expected.png.* ground truth, result or depth map"):
+        stack = read_stack(folder)
+    assert stack.n_frames == 4 and [p.name for p in stack.paths][-1] == "result_004.png"
+    # a folder of nothing but such names is read as it is
+    only = tmp_path / "only"
+    only.mkdir()
+    for name in ("a_gt.png", "b_gt.png"):
+        _write_png(only / name, np.full((12, 16), 5, np.uint8))
+    assert read_stack(only).n_frames == 2
+
+
 def test_empty_folder_and_missing_paths(tmp_path):
     with pytest.raises(ValueError, match="no image frames"):
         read_stack(tmp_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from ._natural import natural_sorted
 from ._tiff import damage_in, display_name, plain_reason, stack_name, tiff_scale, tifffile_messages
 
 __all__ = [
+    "split_non_frames",
     "FRAME_EXTENSIONS",
     "FrameInfo",
     "list_frames",
@@ -83,6 +85,34 @@ class FrameInfo:
         if self.channels == 1:
             return (self.height, self.width)
         return (self.height, self.width, self.channels)
+
+
+# Names that mark an image beside the frames as something else: a ground truth, another
+# tool's result, a depth map (``expected.jpg`` in focus-stack's sample folders). Whole stems
+# or ``_suffix`` forms only, so ``result_001.png`` is still a frame.
+_NOT_A_FRAME = re.compile(
+    r"^(ground[_-]?truth|gt|expected|fused|result|stacked|all[_-]?in[_-]?focus|depth(map)?)$"
+    r"|[_-](gt|ground[_-]?truth|expected|fused|result|stacked|depth(map)?)$",
+    re.IGNORECASE,
+)
+
+
+def split_non_frames(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """Split image paths into frames and files whose names mark them as no frame.
+
+    ``ground_truth.*``, ``gt.*``, ``expected.*``, ``fused.*``, ``result.*``,
+    ``stacked.*``, ``depth.*`` and ``NAME_gt.*``-style suffixes are not frames of
+    the stack. When every file has such a name, all are kept as frames.
+
+    Examples
+    --------
+    >>> split_non_frames([Path("a_1.png"), Path("expected.png"), Path("a_2.png")])
+    ([PosixPath('a_1.png'), PosixPath('a_2.png')], [PosixPath('expected.png')])
+    """
+    frames = [p for p in paths if not _NOT_A_FRAME.search(Path(p).name.split(".")[0])]
+    if not frames:
+        return list(paths), []
+    return frames, [p for p in paths if p not in frames]
 
 
 def list_frames(folder: str | os.PathLike) -> list[Path]:

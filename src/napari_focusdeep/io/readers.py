@@ -27,7 +27,7 @@ from typing import Any
 
 from ..stack import Stack
 from ._axes import to_stack_axes
-from ._frames import FRAME_EXTENSIONS, list_frames, read_frames
+from ._frames import FRAME_EXTENSIONS, list_frames, read_frames, split_non_frames
 from .raw import RAW_EXTENSIONS, list_raw, read_raw
 from ._tiff import display_name, read_tiff, stack_name
 
@@ -190,6 +190,16 @@ def _read_folder(path: Path, reader: str | None, axes: str | None) -> Stack:
         raise ValueError(
             f"folder '{path.name or path}' holds no image frames{what}; looked for "
             + ", ".join(FRAME_EXTENSIONS)
+        )
+    frames, skipped = split_non_frames(frames)
+    if skipped:
+        import warnings
+
+        names = ", ".join(p.name for p in skipped)
+        warnings.warn(
+            f"not fusing {names} in '{path.name or path}': the name marks a ground truth, result or "
+            "depth map, not a frame (pass the files themselves to include it)",
+            stacklevel=3,
         )
     if len(frames) == 1 and reader is None:
         # one file in the folder: it may be a whole stack (e.g. a multi-page TIFF)
