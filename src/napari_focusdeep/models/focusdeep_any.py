@@ -45,10 +45,17 @@ from .base import BurstModel, Stream, check_frame
 from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, UnshuffledHead, pad_to_multiple, stem_scale, wn_conv
 from .focusdeep import previous_index
 
-__all__ = ["FocusDeepAny", "BASES", "pyramid_base"]
+__all__ = ["FocusDeepAny", "BASES", "grid_multiple", "pyramid_base"]
 
 #: What the skip path adds the network's correction to.
 BASES = ("select", "pyramid")
+
+
+def grid_multiple(scale: int = 1, base: str = "select", base_levels: int = 3) -> int:
+    """Tile origins must be multiples of this many input pixels: the feature pyramid's
+    strided levels (4 feature pixels, ``scale`` input pixels each) and, for the pyramid
+    base, its coarsest grid (``2**base_levels``)."""
+    return int(np.lcm(4 * int(scale), 2 ** int(base_levels) if base == "pyramid" else 1))
 
 
 class FocusDeepAny(BurstModel):
@@ -114,8 +121,7 @@ class FocusDeepAny(BurstModel):
         if base != "select" or scale != 1:  # older weights' configs stay as they were
             self.config.update(base=base, scale=int(scale), base_levels=int(base_levels))
         self.base, self.scale, self.base_levels = base, int(scale), int(base_levels)
-        # strided feature levels (4 at 1/scale) and, for the pyramid base, its coarsest grid
-        self.multiple = int(np.lcm(4 * self.scale, 2**self.base_levels if base == "pyramid" else 1))
+        self.multiple = grid_multiple(self.scale, base, self.base_levels)
         nf = features
         cin = in_channels * self.scale**2
         self.extract = FeaturePyramid(cin, nf, front_blocks)

@@ -170,9 +170,9 @@ def _align(arch: str, **opts: Any) -> int:
     kw = cfg["kwargs"]
     if arch == "unet":
         return 2 ** int(kw.get("depth", 4))
-    if kw.get("base") == "pyramid":  # strided features at 1/scale and the base's coarsest grid
-        return int(np.lcm(4 * int(kw.get("scale", 1)), 2 ** int(kw.get("base_levels", 3))))
-    return 4 * int(kw.get("scale", 1))
+    from .focusdeep_any import grid_multiple
+
+    return grid_multiple(kw.get("scale", 1), kw.get("base", "select"), kw.get("base_levels", 3))
 
 
 def _prepare(arch: str, data: Any, channel: Any, options: dict[str, Any]) -> dict[str, Any]:
