@@ -116,9 +116,10 @@ def simulated_pair(
     sharp = np.atleast_3d(sim.sharp)
     # (no draw when a fraction is 0, so such a configuration keeps its random stream)
     if frames.shape[-1] == 3 and cfg.gray_fraction and rng.random() < cfg.gray_fraction:
-        luma = np.array([0.299, 0.587, 0.114], np.float32)
-        frames = np.repeat((frames @ luma)[..., None], 3, axis=-1)
-        sharp = np.repeat((sharp @ luma)[..., None], 3, axis=-1)
+        from ..fusion.core import selection_image  # the luminance fusion measures focus on
+
+        frames = np.repeat(selection_image(frames)[..., None], 3, axis=-1)
+        sharp = np.repeat(selection_image(sharp)[..., None], 3, axis=-1)
     if cfg.uint8_fraction and rng.random() < cfg.uint8_fraction:
         frames = np.rint(np.clip(frames, 0, 1) * 255) / 255
     return (
