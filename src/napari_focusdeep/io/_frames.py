@@ -87,13 +87,14 @@ class FrameInfo:
         return (self.height, self.width, self.channels)
 
 
-# Names that mark an image beside the frames as something else: a ground truth, another
-# tool's result, a depth map (``expected.jpg`` in focus-stack's sample folders). Whole stems
-# or ``_suffix`` forms only, so ``result_001.png`` is still a frame.
-_NOT_A_FRAME = re.compile(
-    r"^(ground[_-]?truth|gt|expected|fused|result|stacked|all[_-]?in[_-]?focus|depth(map)?)$"
-    r"|[_-](gt|ground[_-]?truth|expected|fused|result|stacked|depth(map)?)$",
-    re.IGNORECASE,
+# Names that mark an image beside the frames as something else: a ground truth, a depth
+# map, another tool's result (``expected.jpg`` in focus-stack's sample folders). Whole stems
+# or ``_suffix`` forms only, so ``result_001.png`` is still a frame. The training folders
+# (training/folder.py) find ground truths and depth maps with the same patterns.
+GROUND_TRUTH_NAME = re.compile(r"^(ground[_-]?truth|gt)$|[_-](gt|ground[_-]?truth)$", re.IGNORECASE)
+DEPTH_NAME = re.compile(r"^depth(map)?$|[_-]depth(map)?$", re.IGNORECASE)
+_RESULT_NAME = re.compile(
+    r"^(expected|fused|result|stacked|all[_-]?in[_-]?focus)$|[_-](expected|fused|result|stacked)$", re.IGNORECASE
 )
 
 
@@ -109,10 +110,13 @@ def split_non_frames(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     >>> split_non_frames([Path("a_1.png"), Path("expected.png"), Path("a_2.png")])
     ([PosixPath('a_1.png'), PosixPath('a_2.png')], [PosixPath('expected.png')])
     """
-    frames = [p for p in paths if not _NOT_A_FRAME.search(Path(p).name.split(".")[0])]
-    if not frames:
-        return list(paths), []
-    return frames, [p for p in paths if p not in frames]
+    frames: list[Path] = []
+    others: list[Path] = []
+    for p in paths:
+        stem = Path(p).name.split(".")[0]
+        named = any(r.search(stem) for r in (GROUND_TRUTH_NAME, DEPTH_NAME, _RESULT_NAME))
+        (others if named else frames).append(p)
+    return (frames, others) if frames else (list(paths), [])
 
 
 def list_frames(folder: str | os.PathLike) -> list[Path]:

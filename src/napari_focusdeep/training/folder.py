@@ -40,9 +40,7 @@ __all__ = ["TrainingFolder", "load_training_folder", "make_pseudo_gt", "find_gro
 #: Fusion methods that may make a pseudo ground truth.
 PSEUDO_GT_METHODS = ("pyramid", "laplacian", "wavelet")
 
-_GT_NAME = re.compile(r"^(ground[_-]?truth|gt)$|[_-](gt|ground[_-]?truth)$", re.IGNORECASE)
 _PLAIN_GT = re.compile(r"^(ground[_-]?truth|gt)$", re.IGNORECASE)
-_DEPTH_NAME = re.compile(r"^depth$|[_-]depth$", re.IGNORECASE)
 
 
 def _stem(p: Path) -> str:
@@ -60,11 +58,15 @@ def _is_image(p: Path) -> bool:
 
 
 def _is_gt(p: Path) -> bool:
-    return bool(_GT_NAME.search(_stem(p)))
+    from ..io._frames import GROUND_TRUTH_NAME
+
+    return bool(GROUND_TRUTH_NAME.search(_stem(p)))
 
 
 def _is_depth(p: Path) -> bool:
-    return bool(_DEPTH_NAME.search(_stem(p)))
+    from ..io._frames import DEPTH_NAME
+
+    return bool(DEPTH_NAME.search(_stem(p)))
 
 
 def find_ground_truth(folder: str | os.PathLike) -> Path | None:
