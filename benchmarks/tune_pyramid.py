@@ -10,6 +10,7 @@ Usage::
 
     python -m benchmarks.tune_pyramid                       # tau 1.5, 2, 3 and max selection
     python -m benchmarks.tune_pyramid --tau 1 2 4 --work /tmp/dev
+    python -m benchmarks.tune_pyramid --tau 2 --levels 3 6 --json /tmp/levels.json   # detail levels
 """
 from __future__ import annotations
 
@@ -36,19 +37,21 @@ DEV: tuple[SynthSpec, ...] = (
 )
 
 
-def candidates(taus: Sequence[float]) -> dict[str, dict[str, Any]]:
-    """Option sets to compare: each ``tau``, and classical max selection (``noise=0``)."""
+def candidates(taus: Sequence[float], levels: Sequence[int] = ()) -> dict[str, dict[str, Any]]:
+    """Option sets to compare: each ``tau``, classical max selection (``noise=0``), and
+    each number of detail ``levels`` at the default ``tau``."""
     out = {f"tau={t:g}": {"tau": float(t)} for t in taus}
     out["max selection"] = {"noise": 0}
+    out.update({f"levels={k}": {"levels": int(k)} for k in levels})
     return out
 
 
-def run(work: Path, taus: Sequence[float], shape: tuple[int, int] = (384, 512)) -> dict[str, Any]:
+def run(work: Path, taus: Sequence[float], shape: tuple[int, int] = (384, 512), levels: Sequence[int] = ()) -> dict[str, Any]:
     from napari_focusdeep.fusion import fuse
     from napari_focusdeep.fusion.core import to_float
     from napari_focusdeep.io import read_stack
 
-    options = candidates(taus)
+    options = candidates(taus, levels)
     rows = []
     for spec in DEV:
         frames, truth_path = make_synthetic(spec, work, shape, None)
@@ -67,10 +70,11 @@ def run(work: Path, taus: Sequence[float], shape: tuple[int, int] = (384, 512)) 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.tune_pyramid", description=__doc__.split("\n\n")[0])
     ap.add_argument("--tau", type=float, nargs="+", default=[1.5, 2.0, 3.0])
+    ap.add_argument("--levels", type=int, nargs="*", default=[], help="also compare these numbers of detail levels")
     ap.add_argument("--work", type=Path, default=Path("/tmp/focusdeep-dev"), help="where the stacks are rendered")
     ap.add_argument("--json", type=Path, default=RESULTS_DIR / "tune_pyramid.json")
     args = ap.parse_args(argv)
-    result = run(args.work, args.tau)
+    result = run(args.work, args.tau, levels=args.levels)
     write_json(args.json, result)
     names = list(result["options"])
     table = [[r["stack"], *(f"{r['psnr'][n]:.2f}" for n in names)] for r in result["rows"]]
