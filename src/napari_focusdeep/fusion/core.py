@@ -7,10 +7,7 @@ worth whatever the number of frames, and a consumer can cancel at every frame.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +18,7 @@ import numpy as np
 
 from .._prefetch import prefetch
 from ..stack import Stack
+from ._spill import FrameSpill
 from .registry import Method, TileOutOfMemory, get_method
 
 __all__ = [
@@ -33,6 +31,7 @@ __all__ = [
     "from_float",
     "selection_image",
     "block_grid",
+    "memory_block_size",
 ]
 
 
@@ -348,6 +347,35 @@ _MIN_BLOCK = 16
 _MIN_REGISTER = 8
 
 
+#: Peak bytes per pixel and per (channel + 2) of whole-image classical fusion: 100 per
+#: RGB pixel, 8.4 float32 RGB frames (the running pyramid, the depth map's arg-max, the
+#: current frame and its pyramid, the frame read ahead), measured by
+#: ``python -m benchmarks.memory`` (docs/peers.md, "Memory against frames and frame size").
+_WHOLE_IMAGE_BYTES = 20
+#: Block side chosen when whole-image fusion would not fit: a working set of about
+#: 300 MB whatever the frame size (the pyramid's 384-pixel halo makes smaller blocks slow).
+_MEMORY_BLOCK = 1024
+
+
+def memory_block_size(frame_shape: tuple[int, int, int], available: int | None = None) -> int | None:
+    """Block side for classical fusion of ``(Y, X, C)`` frames, or ``None`` for the whole image.
+
+    Whole-image fusion is the fastest, but its working memory grows with the frame
+    (about 8 float32 frames). When that would take more than half of the memory
+    available now, fuse in blocks instead: the working memory is then a constant
+    (one block's) plus the result, and the frames wait in a scratch file on disk.
+    """
+    h, w, c = (int(s) for s in frame_shape)
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    need = h * w * (c + 2) * _WHOLE_IMAGE_BYTES
+    if need <= available // 2 or max(h, w) <= _MEMORY_BLOCK:
+        return None
+    return _MEMORY_BLOCK
+
+
 def _fuse_zstack(
     data: da.Array,
     meth: Method,
@@ -360,21 +388,25 @@ def _fuse_zstack(
     align = int(meth.align(**opts))
     ramp = int(opts.get("ramp", 0)) if meth.blend else 0
     # ``tile`` is the deep methods' name for the block size.
-    block = int(block_size or opts.get("block_size") or opts.get("tile") or meth.default_block)
+    block = block_size or opts.get("block_size") or opts.get("tile")
+    if not block and meth.kind == "classical":
+        block = memory_block_size((h, w, c))
+    block = int(block or meth.default_block)
     if meth.prepare is not None:
         opts = meth.prepare(data, channel, dict(opts))
-    spill_dir = None
+    spill = None
     try:
         while True:
             blocks = block_grid((h, w), block, halo, align, ramp)
-            if len(blocks) > 1 and spill_dir is None:
+            if len(blocks) > 1 and spill is None:
                 # Reading a block of a lazily decoded (JPEG, compressed TIFF) or warped frame
                 # redoes the whole frame's work for every block; write each frame once to a
-                # memory-mapped file so blocks read only their own pixels.
-                spill_dir = Path(tempfile.mkdtemp(prefix="focusdeep-"))
-                data = yield from _spill(data, spill_dir / "stack.npy")
+                # scratch file so blocks read only their own pixels.
+                spill = FrameSpill((n, h, w, c), data.dtype)
+                yield from _spill(data, spill)
+            read = spill.read if spill is not None else _reader(data)
             try:
-                image, depth = yield from _fuse_blocks(data, blocks, meth, opts, channel, ramp)
+                image, depth = yield from _fuse_blocks(read, (n, h, w, c), blocks, meth, opts, channel, ramp)
                 resolved = {k: opts[k] for k in meth.options if k in opts}  # e.g. the noise level "auto" found
                 return image, depth, {"blocks": len(blocks), "halo": halo, "block_size": block, "options": resolved}
             except TileOutOfMemory as exc:
@@ -392,19 +424,27 @@ def _fuse_zstack(
     finally:
         if meth.release is not None:
             meth.release()
-        if spill_dir is not None:
-            shutil.rmtree(spill_dir, ignore_errors=True)
+        if spill is not None:
+            spill.close()
+
+
+def _reader(data: Any) -> Callable[[int, int, int, int, int], np.ndarray]:
+    def read(z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return np.asarray(data[z, y0:y1, x0:x1])
+
+    return read
 
 
 def _fuse_blocks(
-    data: Any,
+    read: Callable[[int, int, int, int, int], np.ndarray],
+    shape: tuple[int, int, int, int],
     blocks: list[Block],
     meth: Method,
     opts: dict[str, Any],
     channel: int | str | None,
     ramp: int,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
-    n, h, w, c = (int(s) for s in data.shape)
+    n, h, w, c = shape
     total = n * len(blocks)
     # the output planes are allocated when the first block is done, not while its
     # accumulator streams (at 12 MP RGB they are 190 MB)
@@ -416,7 +456,7 @@ def _fuse_blocks(
         acc = meth.make(n, (ry1 - ry0, rx1 - rx0, c), **opts)
 
         def load(z: int, ry0: int = ry0, ry1: int = ry1, rx0: int = rx0, rx1: int = rx1) -> np.ndarray:
-            return np.asarray(data[z, ry0:ry1, rx0:rx1])
+            return read(z, ry0, ry1, rx0, rx1)
 
         # The next frame is read (decoded, warped) while this one is fused; it waits in
         # its own dtype (a quarter of float32 for 8-bit frames).
@@ -463,20 +503,13 @@ def _fuse_blocks(
     return image, depth
 
 
-def _spill(data: da.Array, path: Path) -> Generator[Progress, None, np.ndarray]:
+def _spill(data: da.Array, spill: FrameSpill) -> Generator[Progress, None, None]:
     n = int(data.shape[0])
-    mm = np.lib.format.open_memmap(path, mode="w+", dtype=data.dtype, shape=tuple(int(s) for s in data.shape))
-    # Unlink the file (and its folder) at once: POSIX keeps a mapped file alive until it
-    # is unmapped, so even a killed process (SIGKILL, power cut) leaves no copy of the
-    # stack in the temporary folder. Windows refuses; there the caller's ``finally`` cleans up.
-    with contextlib.suppress(OSError):
-        path.unlink()
-        path.parent.rmdir()
-    for z in range(n):
-        mm[z] = np.asarray(data[z])
+    # decode and warp the next frame while this one is written
+    for z, frame in enumerate(prefetch(lambda i: np.asarray(data[i]), n)):
+        spill.write(z, frame)
+        del frame
         yield Progress(z + 1, n, "prepare", "caching frames for block-wise fusion")
-    mm.flush()
-    return mm
 
 
 def fuse(
