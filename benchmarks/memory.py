@@ -11,7 +11,11 @@ Cases:
 
 - frames: N = 10, 50, 200 frames of 2000x1500 (3 MP);
 - size: 10 frames of 1, 3 and 12 MP (a straight-line fit gives bytes per pixel);
-- big: 200 frames of 4000x3000 (12 MP, 7.2 GB on disk), unless ``--no-big``.
+- big: 200 frames of 4000x3000 (12 MP, 7.2 GB on disk), unless ``--no-big``;
+- blocks: 10 frames of 3, 12 and 27 MP, and the big stack, fused in 1024-pixel blocks
+  (``--block-size 1024``, what ``fuse`` falls back to when the whole image would not
+  fit in memory): the working memory is one block's, so peak RSS grows only by the
+  result's size.
 
 ``--quick`` runs small versions of the first two (about a minute). Results go to
 ``benchmarks/results/memory.json`` (``--json``) and a table on stdout.
@@ -19,11 +23,13 @@ Cases:
 Usage::
 
     python -m benchmarks.memory --quick
-    python -m benchmarks.memory               # about 30 min on 2 cores, 10 GB of disk in --work
+    python -m benchmarks.memory               # about 40 min on 2 cores, 10 GB of disk in --work
+    python -m benchmarks.memory --only blocks  # one group; the others' results are kept
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -34,6 +40,8 @@ import numpy as np
 from ._common import RESULTS_DIR, fmt_table, log, machine, write_json
 
 MiB = 2**20
+GROUPS = ("frames", "size", "blocks", "big")
+BLOCK_ARGS = ("--block-size", "1024")
 
 
 def write_tiff_stack(path: Path, n: int, shape: tuple[int, int], base: tuple[int, int] = (375, 500)) -> Path:
@@ -63,12 +71,12 @@ def write_tiff_stack(path: Path, n: int, shape: tuple[int, int], base: tuple[int
     return path
 
 
-def measure(stack: Path, out: Path, timeout: float) -> dict[str, Any]:
+def measure(stack: Path, out: Path, timeout: float, extra: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``focusdeep fuse`` on ``stack``; seconds and peak RSS of the process tree."""
     from .peers import PeerError, _exe, run_measured
 
     try:
-        seconds, peak, _ = run_measured([_exe("focusdeep"), "fuse", str(stack), "-o", str(out), "--overwrite"],
+        seconds, peak, _ = run_measured([_exe("focusdeep"), "fuse", str(stack), "-o", str(out), "--overwrite", *extra],
                                         timeout=timeout, mem_cap=None, poll=0.02)
     except PeerError as exc:
         return {"ok": False, "error": str(exc)}
@@ -77,14 +85,16 @@ def measure(stack: Path, out: Path, timeout: float) -> dict[str, Any]:
     return {"ok": True, "seconds": seconds, "peak_rss_mib": peak / MiB}
 
 
-def run_case(work: Path, n: int, shape: tuple[int, int], timeout: float, keep: bool) -> dict[str, Any]:
+def run_case(
+    work: Path, n: int, shape: tuple[int, int], timeout: float, keep: bool, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     path = work / f"stack-{n}x{shape[1]}x{shape[0]}.tif"
     log(f"writing {path.name}")
     write_tiff_stack(path, n, shape)
-    log(f"fusing {path.name}")
-    res = measure(path, work / "out.tif", timeout)
+    log(f"fusing {path.name} {' '.join(extra)}")
+    res = measure(path, work / "out.tif", timeout, extra)
     frame_f32 = shape[0] * shape[1] * 3 * 4
-    res.update(frames=n, shape=list(shape), megapixels=shape[0] * shape[1] / 1e6,
+    res.update(frames=n, shape=list(shape), args=list(extra), megapixels=shape[0] * shape[1] / 1e6,
                file_mib=path.stat().st_size / MiB, frame_float32_mib=frame_f32 / MiB)
     if res["ok"]:
         log(f"  {res['seconds']:.1f} s, peak RSS {res['peak_rss_mib']:.0f} MiB")
@@ -97,8 +107,9 @@ def run_case(work: Path, n: int, shape: tuple[int, int], timeout: float, keep: b
 
 
 def fit(rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """Peak RSS = constant + slope x frame float32 size, least squares over the size cases."""
-    ok = [r for r in rows if r.get("ok")]
+    """Peak RSS = constant + slope x frame float32 size, least squares over the cases with
+    the first case's number of frames."""
+    ok = [r for r in rows if r.get("ok") and r["frames"] == rows[0]["frames"]]
     if len(ok) < 2:
         return None
     x = np.array([r["frame_float32_mib"] for r in ok])
@@ -114,39 +125,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/focusdeep-memory"), help="where the TIFF stacks go")
     ap.add_argument("--keep", action="store_true", help="keep the stacks (they are reused when kept)")
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--only", choices=GROUPS, nargs="+", default=None,
+                    help="run these groups; the others' results are kept from the JSON file")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
         by_n = [(n, (375, 500)) for n in (5, 20, 60)]
         by_size = [(8, s) for s in ((300, 400), (600, 800), (1200, 1600))]
+        blocks = [(8, s) for s in ((600, 800), (1200, 1600))]
         big = []
     else:
         by_n = [(n, (1500, 2000)) for n in (10, 50, 200)]
         by_size = [(10, s) for s in ((750, 1000), (1500, 2000), (3000, 4000))]
         big = [] if args.no_big else [(200, (3000, 4000))]
-    need = max(n * h * w * 3 for n, (h, w) in by_n + by_size + big) * 1.05
+        blocks = [(10, s) for s in ((1500, 2000), (3000, 4000), (4500, 6000))] + big
+    groups = {"frames": by_n, "size": by_size, "blocks": blocks, "big": big}
+    groups = {k: v for k, v in groups.items() if args.only is None or k in args.only}
+    need = max(n * h * w * 3 for cases in groups.values() for n, (h, w) in cases) * 1.05
     args.work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.work).free
     if free < need:
         log(f"{args.work} has {free / 2**30:.1f} GiB free; the largest stack needs {need / 2**30:.1f} GiB")
         return 2
-    result: dict[str, Any] = {"machine": machine(), "quick": args.quick, "frames": [], "size": [], "big": []}
-    for key, cases in (("frames", by_n), ("size", by_size), ("big", big)):
-        for n, shape in cases:
-            result[key].append(run_case(args.work, n, shape, args.timeout, args.keep))
-    result["size_fit"] = fit(result["size"])
     out = args.json or RESULTS_DIR / ("memory-quick.json" if args.quick else "memory.json")
+    result: dict[str, Any] = {key: [] for key in GROUPS}
+    if args.only is not None and out.exists():
+        result.update(json.loads(out.read_text()))
+    result.update(machine=machine(), quick=args.quick)
+    for key, cases in groups.items():
+        extra = BLOCK_ARGS if key == "blocks" else ()
+        result[key] = [run_case(args.work, n, shape, args.timeout, args.keep, extra) for n, shape in cases]
+    result["size_fit"] = fit(result["size"])
+    result["blocks_fit"] = fit(result["blocks"])
     write_json(out, result)
     rows = [[key, r["frames"], f"{r['shape'][1]}x{r['shape'][0]}", f"{r['file_mib']:.0f}",
              f"{r['seconds']:.1f}" if r["ok"] else "failed", f"{r['peak_rss_mib']:.0f}" if r["ok"] else "-",
              f"{r['peak_rss_mib'] / r['frame_float32_mib']:.1f}" if r["ok"] else "-"]
-            for key in ("frames", "size", "big") for r in result[key]]
+            for key in GROUPS for r in result[key]]
     print(fmt_table(["case", "frames", "size", "file MiB", "wall s", "peak RSS MiB", "RSS / float32 frame"], rows))
-    if result["size_fit"]:
-        f = result["size_fit"]
-        print(f"\npeak RSS ~ {f['constant_mib']:.0f} MiB + {f['frames_of_float32']:.2f} x one float32 RGB frame")
+    for key, label in (("size_fit", "whole image"), ("blocks_fit", "1024-pixel blocks")):
+        if result[key]:
+            f = result[key]
+            print(f"\n{label}: peak RSS ~ {f['constant_mib']:.0f} MiB + {f['frames_of_float32']:.2f} x one float32 RGB frame")
     log(f"wrote {out}")
-    return 0 if all(r["ok"] for key in ("frames", "size", "big") for r in result[key]) else 1
+    return 0 if all(r["ok"] for key in groups for r in result[key]) else 1
 
 
 if __name__ == "__main__":

@@ -125,7 +125,11 @@ def test_memory_benchmark_measures_a_real_fuse_and_fits_the_size_slope(tmp_path)
     res = memory.measure(path, tmp_path / "out.tif", timeout=300)
     assert res["ok"] and res["seconds"] > 0 and res["peak_rss_mib"] > 20
     assert not (tmp_path / "out.tif").exists()
-    rows = [{"ok": True, "frame_float32_mib": x, "peak_rss_mib": 200 + 3 * x} for x in (10, 40, 160)]
+    blocked = memory.measure(path, tmp_path / "out.tif", timeout=300, extra=("--block-size", "32"))
+    assert blocked["ok"], blocked
+    rows = [{"ok": True, "frames": 10, "frame_float32_mib": x, "peak_rss_mib": 200 + 3 * x} for x in (10, 40, 160)]
     f = memory.fit(rows)
     assert abs(f["frames_of_float32"] - 3) < 1e-6 and abs(f["constant_mib"] - 200) < 1e-6
     assert memory.fit(rows[:1]) is None
+    # a case with another number of frames (the big stack) is not a point on the size line
+    assert memory.fit(rows + [{"ok": True, "frames": 200, "frame_float32_mib": 40, "peak_rss_mib": 9999}]) == f

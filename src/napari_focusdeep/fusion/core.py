@@ -114,22 +114,27 @@ def from_float(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        if dtype.itemsize <= 2:
-            # float32 holds every 8- and 16-bit level exactly; working in place keeps a
-            # 12 MP result from needing three float64 copies of itself
-            scaled = np.multiply(image, np.float32(info.max - info.min), dtype=np.float32)
+        # float32 holds every 8- and 16-bit level exactly; wider integers need float64
+        work = np.float32 if dtype.itemsize <= 2 else np.float64
+        flat_in = np.ascontiguousarray(image).reshape(-1)
+        out = np.empty(image.shape, dtype)
+        flat_out = out.reshape(-1)
+        # a chunk at a time, so a 12 MP result needs no full-size float copy of itself
+        for i in range(0, flat_in.size, _CHUNK):
+            scaled = np.multiply(flat_in[i : i + _CHUNK], work(info.max - info.min), dtype=work)
             if info.min:
-                scaled += np.float32(info.min)
-        else:
-            scaled = image.astype(np.float64) * (info.max - info.min) + info.min
-        np.rint(scaled, out=scaled)
-        np.clip(scaled, info.min, info.max, out=scaled)
-        return scaled.astype(dtype)
+                scaled += work(info.min)
+            np.rint(scaled, out=scaled)
+            np.clip(scaled, info.min, info.max, out=scaled)
+            flat_out[i : i + _CHUNK] = scaled
+        return out
     if dtype == np.bool_:
         return image >= 0.5
     return image.astype(dtype, copy=False)
 
 
+#: Elements per chunk in :func:`from_float` (4 MB of float32).
+_CHUNK = 1 << 20
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -283,7 +288,7 @@ def fuse_iter(
         depth_unit = stack.unit or "physical"
     return FusionResult(
         image=image,
-        depth=depth.astype(np.float32),
+        depth=depth.astype(np.float32, copy=False),
         depth_unit=depth_unit,
         method=meth.name,
         transforms=result_transforms,
