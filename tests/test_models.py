@@ -294,6 +294,72 @@ def test_pyramid_base_tiled_equals_whole(tmp_path):
         fuse(stack, method="focusdeep-any", weights=path, register=False, device="cpu", noise=-1)
 
 
+# -- the noise-level input ------------------------------------------------------------------
+NOISY = dict(BASED, noise_input=True)
+
+
+def test_noise_input_starts_unused_and_fits_weights_without_it(tmp_path):
+    from napari_focusdeep.models.focusdeep_any import add_noise_input
+
+    plain = _tiny("focusdeep-any", **BASED).eval()
+    with torch.no_grad():
+        plain.head.last.parametrizations.weight.original0.mul_(30)
+    noisy = _tiny("focusdeep-any", **NOISY).eval()
+    assert noisy.config["noise_input"] is True and "noise_input" not in plain.config
+    noisy.load_state_dict(add_noise_input(plain.state_dict(), noisy), strict=True)
+    x = _burst(2, 4, 24, 32)
+    with torch.no_grad():
+        assert torch.allclose(noisy(x), plain(x), atol=1e-6)
+        with pytest.raises(ValueError, match="do not fit"):
+            add_noise_input(noisy.state_dict(), noisy)
+        # once its weights are not zero, the level changes the output
+        noisy.fusion.parametrizations.weight.original1[:, -1:].fill_(1.0)
+        s1, s2 = noisy.stream((1, 3, 24, 32), noise=0.002), noisy.stream((1, 3, 24, 32), noise=0.05)
+        for i in range(4):
+            s1.push(x[:1, i])
+            s2.push(x[:1, i])
+        assert (s1.finish() - s2.finish()).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="noise_input needs base='pyramid'"):
+        build_model("focusdeep-any", **{**TINY, "noise_input": True})
+
+
+def test_noise_input_stream_equals_forward_and_tiles_equal_whole(tmp_path):
+    from napari_focusdeep.models.focusdeep_any import burst_noise
+
+    model = _tiny("focusdeep-any", **NOISY).eval()
+    with torch.no_grad():
+        model.fusion.parametrizations.weight.original1[:, -1:].normal_(0, 1.0)
+        model.head.last.parametrizations.weight.original0.mul_(30)
+    x = _burst(2, 5, 21, 35)
+    with torch.no_grad():
+        ref = model(x)
+        stream = model.stream((2, 3, 21, 35), noise=burst_noise(x))
+        for i in range(5):
+            stream.push(x[:, i])
+        assert torch.allclose(stream.finish(), ref, atol=1e-5)
+    path = str(tmp_path / "noisy.safetensors")
+    W.save_weights(model, path)
+    stack = _stack(n=4, h=70, w=90) * 0.6 + np.random.default_rng(1).normal(0, 0.05, (4, 70, 90, 3)).astype(np.float32)
+    whole = fuse(stack, method="focusdeep-any", weights=path, register=False, tile=4096, device="cpu")
+    tiled = fuse(stack, method="focusdeep-any", weights=path, register=False, tile=24, ramp=4, device="cpu")
+    assert tiled.info["blocks"] > 1 and np.abs(whole.image - tiled.image).max() < 1e-3
+
+
+def test_training_widens_weights_without_noise_input(tmp_path):
+    from napari_focusdeep.training.train import TrainConfig, train
+
+    plain = _tiny("focusdeep-any", **BASED)
+    start = tmp_path / "plain.safetensors"
+    W.save_weights(plain, start)
+    cfg = TrainConfig(architecture="focusdeep-any", model={"noise_input": True}, steps=2, batch_size=1, crop=32,
+                      frames=(2, 3), init_weights=str(start), val_count=1, val_every=1, device="cpu", lr=1e-3)
+    messages = []
+    res = train(cfg, tmp_path / "run", log=messages.append)
+    assert any("no noise input" in m for m in messages), messages
+    assert res.step == 2 and (tmp_path / "run" / "checkpoint.safetensors").exists()
+    assert W.read_config(res.weights)["kwargs"]["noise_input"] is True
+
+
 def test_focusdeep_any_order_invariant_without_alignment():
     model = _tiny("focusdeep-any", align=False).eval()
     x = _burst(1, 6, 16, 20)

@@ -368,3 +368,20 @@ def test_simulated_pairs_include_gray_and_8bit_bursts():
     burst, target = simulated_pair(np.random.default_rng(0), q, 3)
     assert np.allclose(burst * 255, np.rint(burst * 255), atol=1e-4) and not np.array_equal(burst[:, 0], burst[:, 2])
     assert not np.allclose(target * 255, np.rint(target * 255), atol=1e-4)  # the target stays exact
+
+
+def test_read_noise_scale_raises_only_the_read_noise(tmp_path):
+    from napari_focusdeep.training.data import draw_noise
+
+    plain = SimConfig(noise_free_fraction=0.0)
+    scaled = SimConfig(noise_free_fraction=0.0, read_noise_scale=8.0)
+    for seed in range(20):
+        a, b = draw_noise(np.random.default_rng(seed), plain), draw_noise(np.random.default_rng(seed), scaled)
+        assert a.shot == b.shot and a.read <= b.read <= 8 * a.read
+    ratios = [draw_noise(np.random.default_rng(s), scaled).read / draw_noise(np.random.default_rng(s), plain).read
+              for s in range(50)]
+    assert 2 < np.median(ratios) < 4  # log-uniform on [1, 8]: median sqrt(8)
+    assert draw_noise(np.random.default_rng(0), SimConfig(noise=False)) is None
+    with pytest.raises(ValueError, match="read_noise_scale"):
+        train(tiny_cfg(read_noise_scale=0.5), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -25,6 +25,9 @@ classical method. ``scale=2`` runs the per-frame features and the
 reconstruction at half resolution on pixel-unshuffled frames (12 planes for
 RGB), a quarter of the cost per frame, and so does the output head, which
 predicts the four sub-pixel phases of the correction (:class:`UnshuffledHead`). The two together are the CPU configuration (see docs/models.md).
+``noise_input=True`` also gives the reconstruction the stack's measured noise level
+(the one the pyramid base uses) as one more input plane, so that fine texture on a
+clean stack and noise on a noisy one, which look alike locally, can be told apart.
 
 Streaming uses the numerically stable online softmax: a running maximum logit
 ``m``, sum ``s = sum exp(l - m)`` and weighted sum ``a = sum exp(l - m) v``, all
@@ -45,7 +48,7 @@ from .base import BurstModel, Stream, check_frame
 from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, UnshuffledHead, pad_to_multiple, stem_scale, wn_conv
 from .focusdeep import previous_index
 
-__all__ = ["FocusDeepAny", "BASES", "grid_multiple", "pyramid_base"]
+__all__ = ["FocusDeepAny", "BASES", "grid_multiple", "pyramid_base", "burst_noise", "noise_plane", "add_noise_input"]
 
 #: What the skip path adds the network's correction to.
 BASES = ("select", "pyramid")
@@ -79,6 +82,9 @@ class FocusDeepAny(BurstModel):
         needs ``base="pyramid"``, whose image carries the full-resolution detail).
     base_levels : int
         Detail levels of the pyramid base.
+    noise_input : bool
+        Feed the noise level of the pyramid base (:func:`noise_plane`) to the fusion
+        layer as one more plane (needs ``base="pyramid"``). Its weights start at zero.
     """
 
     architecture = "focusdeep-any"
@@ -99,6 +105,7 @@ class FocusDeepAny(BurstModel):
         base: str = "select",
         scale: int = 1,
         base_levels: int = 3,
+        noise_input: bool = False,
     ) -> None:
         super().__init__()
         stem_scale(stem)
@@ -112,6 +119,8 @@ class FocusDeepAny(BurstModel):
             raise ValueError(f"base_levels must be >= 1, got {base_levels!r}")
         if int(scale) != 1 and base != "pyramid":
             raise ValueError("scale=2 needs base='pyramid' (the skip image must be at full resolution)")
+        if noise_input and base != "pyramid":
+            raise ValueError("noise_input needs base='pyramid', whose noise level it is")
         self.config = dict(
             n_frames=None, in_channels=int(in_channels), out_channels=int(out_channels),
             features=int(features), front_blocks=int(front_blocks), groups=int(groups),
@@ -120,7 +129,10 @@ class FocusDeepAny(BurstModel):
         )
         if base != "select" or scale != 1:  # older weights' configs stay as they were
             self.config.update(base=base, scale=int(scale), base_levels=int(base_levels))
+        if noise_input:
+            self.config.update(noise_input=True)
         self.base, self.scale, self.base_levels = base, int(scale), int(base_levels)
+        self.noise_input = bool(noise_input)
         self.multiple = grid_multiple(self.scale, base, self.base_levels)
         nf = features
         cin = in_channels * self.scale**2
@@ -129,7 +141,10 @@ class FocusDeepAny(BurstModel):
         self.score = nn.Sequential(
             wn_conv(nf, nf, 3), nn.LeakyReLU(0.1, inplace=True), wn_conv(nf, nf + (base == "select"), 3)
         )
-        self.fusion = wn_conv(3 * nf, nf, 1)
+        self.fusion = wn_conv(3 * nf + self.noise_input, nf, 1)
+        if self.noise_input:
+            with torch.no_grad():  # the noise plane starts unused: weights trained without it still fit
+                self.fusion.parametrizations.weight.original1[:, 3 * nf :].zero_()
         self.recon = LRCN(nf, groups, blocks_per_group)
         if self.scale > 1:
             if out_channels != in_channels:
@@ -157,9 +172,14 @@ class FocusDeepAny(BurstModel):
         """Feature pyramid of padded frames ``(B, C, H, W)`` (unshuffled first for ``scale > 1``)."""
         return self.extract(F.pixel_unshuffle(x, self.scale) if self.scale > 1 else x)
 
-    def _fuse_pooled(self, attn: Tensor, fmax: Tensor, fmean: Tensor, src: Tensor, hw: tuple[int, int]) -> Tensor:
+    def _fuse_pooled(
+        self, attn: Tensor, fmax: Tensor, fmean: Tensor, src: Tensor, hw: tuple[int, int], noise: Sequence[float] = ()
+    ) -> Tensor:
         dtype = self.fusion.weight.dtype
-        pooled = torch.cat([attn, fmax, fmean], dim=1).to(dtype)
+        planes = [attn, fmax, fmean]
+        if self.noise_input:
+            planes.append(noise_plane(noise, attn))
+        pooled = torch.cat(planes, dim=1).to(dtype)
         fea = F.relu(self.fusion(pooled))
         out = self.head(self.recon(fea), src.to(dtype))
         s = stem_scale(self.config["stem"])
@@ -169,7 +189,8 @@ class FocusDeepAny(BurstModel):
         """``(B, N, C, H, W)``, any ``N >= 1`` -> ``(B, C_out, H*s, W*s)``."""
         b, n, c, h, w = x.shape
         nf = self.config["features"]
-        base = pyramid_base(x, self.base_levels) if self.base == "pyramid" else None
+        noise = burst_noise(x) if self.base == "pyramid" else []
+        base = pyramid_base(x, self.base_levels, noise) if self.base == "pyramid" else None
         x, _ = pad_to_multiple(x, self.multiple)
         hp, wp = x.shape[-2:]
         feats = self._features(x.reshape(b * n, c, hp, wp))
@@ -188,7 +209,7 @@ class FocusDeepAny(BurstModel):
             src = (sel * x.float()).sum(dim=1)
         else:
             src, _ = pad_to_multiple(base.to(x.device), self.multiple)
-        return self._fuse_pooled(attn, a.amax(dim=1), a.mean(dim=1), src, (h, w))
+        return self._fuse_pooled(attn, a.amax(dim=1), a.mean(dim=1), src, (h, w), noise)
 
     def stream(self, shape: tuple[int, int, int, int], noise: float | Sequence[float] | None = None) -> Stream:
         """Stream a burst of frames of ``shape = (B, C, H, W)``.
@@ -203,6 +224,17 @@ class FocusDeepAny(BurstModel):
         return _AnyStream(self, shape, noise)
 
 
+def add_noise_input(state: dict[str, Tensor], model: FocusDeepAny) -> dict[str, Tensor]:
+    """Weights of a network without ``noise_input``, fitted to ``model`` which has it:
+    the fusion layer gains a zero input column, so the network computes what it did."""
+    key = "fusion.parametrizations.weight.original1"
+    v = state[key]
+    want = model.state_dict()[key].shape
+    if v.shape[1] + 1 != want[1] or v.shape[0] != want[0]:
+        raise ValueError(f"fusion weights of shape {tuple(v.shape)} do not fit {tuple(want)} less the noise plane")
+    return {**state, key: torch.cat([v, v.new_zeros(v.shape[0], 1, *v.shape[2:])], dim=1)}
+
+
 def _base_fusion(shape: tuple[int, int, int], levels: int, noise: float | None) -> Any:
     from ..fusion.pyramid import PyramidFusion
 
@@ -215,20 +247,47 @@ def _add_base_frame(acc: Any, frame: np.ndarray) -> None:
     acc.add(frame, selection_image(frame))
 
 
-def pyramid_base(x: Tensor, levels: int = 3, noise: float | None = None) -> Tensor:
+def _bursts(x: Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy().transpose(0, 1, 3, 4, 2)  # (B, N, H, W, C)
+
+
+def burst_noise(x: Tensor) -> list[float]:
+    """Each burst's noise level in ``x`` ``(B, N, C, H, W)``, measured as
+    :func:`~napari_focusdeep.fusion.pyramid.estimate_noise` measures a stack."""
+    from ..fusion.pyramid import estimate_noise
+
+    return [estimate_noise(burst) for burst in _bursts(x)]
+
+
+def noise_plane(noise: Sequence[float], like: Tensor) -> Tensor:
+    """The noise-level input plane, ``(B, 1, H, W)`` like ``like``.
+
+    ``log10`` of the level (floored at 1e-4, below 16-bit quantisation) plus 2, so
+    the range met in practice, 1e-3 (clean) to 0.1 (very high ISO), maps to -1..1.
+    """
+    b, _, h, w = like.shape
+    if len(noise) != b:
+        raise ValueError(f"{len(noise)} noise levels for {b} bursts")
+    level = torch.tensor([np.log10(max(float(v), 1e-4)) + 2.0 for v in noise], dtype=like.dtype, device=like.device)
+    return level.view(b, 1, 1, 1).expand(b, 1, h, w)
+
+
+def pyramid_base(x: Tensor, levels: int = 3, noise: float | Sequence[float] | None = None) -> Tensor:
     """The classical ``pyramid`` fusion of each burst in ``x`` ``(B, N, C, H, W)``.
 
     Computed with :class:`~napari_focusdeep.fusion.pyramid.PyramidFusion` on the
     CPU (no gradient flows through it), with the noise level measured per burst
     as :func:`~napari_focusdeep.fusion.pyramid.estimate_noise` measures a stack,
-    unless ``noise`` is given. Returns ``(B, C, H, W)`` float32 on ``x``'s device.
+    unless ``noise`` (one for all bursts, or one each) is given. Returns
+    ``(B, C, H, W)`` float32 on ``x``'s device.
     """
-    from ..fusion.pyramid import estimate_noise
-
-    frames = x.detach().float().cpu().numpy().transpose(0, 1, 3, 4, 2)  # (B, N, H, W, C)
+    frames = _bursts(x)
+    if noise is None:
+        noise = burst_noise(x)
+    levels_of = list(noise) if isinstance(noise, Sequence) else [noise] * len(frames)
     out = []
-    for burst in frames:
-        acc = _base_fusion(burst.shape[1:], levels, estimate_noise(burst) if noise is None else noise)
+    for burst, level in zip(frames, levels_of):
+        acc = _base_fusion(burst.shape[1:], levels, level)
         for frame in burst:
             _add_base_frame(acc, np.ascontiguousarray(frame))
         out.append(acc.finish()[0])
@@ -309,8 +368,10 @@ class _AnyStream(Stream):
         if self.bases is None:
             _, si, acci = self.img_sm
             src = acci / si
-        else:
+        noise: list[float] = []
+        if self.bases is not None:
             base = np.stack([b.finish()[0] for b in self.bases]).transpose(0, 3, 1, 2)
+            noise = [b.noise for b in self.bases]  # as given, or measured on the first frame
             self.bases = []
             src, _ = pad_to_multiple(torch.from_numpy(base.copy()).to(acc.device), self.model.multiple)
-        return self.model._fuse_pooled(acc / s, self.fmax, self.fsum / self.count, src, (h, w))
+        return self.model._fuse_pooled(acc / s, self.fmax, self.fsum / self.count, src, (h, w), noise)

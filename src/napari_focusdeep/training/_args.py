@@ -49,6 +49,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--noise-level", default="random", choices=["random", "low", "medium", "high"],
         help="noise injected into --data crops: a random level per crop (default) or your camera's fixed one",
     )
+    p.add_argument(
+        "--read-noise-scale", type=float, default=1.0, metavar="FACTOR",
+        help="simulated bursts: read noise variance up to FACTOR times Brooks et al.'s (default 1)",
+    )
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--val-count", type=int, default=16)
     p.add_argument("--patience", type=int, default=None, help="early stop after this many validations without gain")

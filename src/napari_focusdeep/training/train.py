@@ -58,6 +58,8 @@ class TrainConfig:
     ``raw``: train a ``stem="raw"`` network on simulated raw bursts (packed RGGB in,
     linear camera RGB out); ``init_weights="auto"`` then starts it from the
     architecture's shipped RGB weights (see :mod:`napari_focusdeep.models.raw_init`).
+    ``read_noise_scale``: simulated bursts' read noise reaches this many times Brooks
+    et al.'s (see :class:`~napari_focusdeep.training.data.SimConfig`).
     """
 
     architecture: str = "focusdeep-any"
@@ -89,6 +91,7 @@ class TrainConfig:
     reference: str = "middle"
     register: bool = True
     raw: bool = False
+    read_noise_scale: float = 1.0
 
 
 #: Model arguments a raw run always uses: 4 packed planes in, RGB out.
@@ -403,6 +406,10 @@ def train(
     from ..models.weights import load_model_weights, read_config, save_weights
 
     _check_raw(cfg, batches)
+    if cfg.clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', not {cfg.clock!r}")
+    if not cfg.read_noise_scale >= 1:
+        raise ValueError(f"read_noise_scale must be at least 1, got {cfg.read_noise_scale!r}")
     out = Path(out_dir)
     ckpt = out / "checkpoint.safetensors"
     if resume and not ckpt.exists() and (out / f"{cfg.architecture}.safetensors").exists():
@@ -414,8 +421,6 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     bar = _make_bar(cfg.steps, 0) if (progress is None and log is None) else None
     say = log or (lambda s: (bar.write(s, file=sys.stderr) if bar is not None else print(s, file=sys.stderr)))
-    if cfg.clock not in ("wall", "cpu"):
-        raise ValueError(f"clock must be 'wall' or 'cpu', not {cfg.clock!r}")
     clock = time.monotonic if cfg.clock == "wall" else time.process_time
     torch.manual_seed(cfg.seed)
     device = _pick_device(cfg.device)
@@ -459,6 +464,12 @@ def train(
 
         done = init_raw_from_rgb(model, init)
         say(f"{done['copied']} tensors copied from {init.name}; {', '.join(done['derived'])} derived from its RGB layers")
+    elif init is not None and model_kwargs.get("noise_input") and not wcfg["kwargs"].get("noise_input"):
+        from ..models.focusdeep_any import add_noise_input
+        from ..models.weights import load_state
+
+        model.load_state_dict(add_noise_input(load_state(init, wcfg), model), strict=True)
+        say(f"{init.name} has no noise input: it starts unused")
     elif init is not None:
         load_model_weights(model, init)
     _apply_freeze(model, tuple(cfg.freeze))
@@ -494,7 +505,7 @@ def train(
         clock_before = meta.get("clock_elapsed", elapsed_before)
         bad_vals = int(meta.get("bad_vals", 0))
         say(f"resumed from step {step}")
-    sim = SimConfig(crop=cfg.crop, frames=tuple(cfg.frames), noise=bool(cfg.noise))
+    sim = SimConfig(crop=cfg.crop, frames=tuple(cfg.frames), noise=bool(cfg.noise), read_noise_scale=cfg.read_noise_scale)
     if val is None:
         val = validation_set(cfg.val_count, sim, fixed_frames=cfg.fixed_frames, raw=cfg.raw)
     wcfg_extra = {"init": str(init.name) if init is not None else None}
@@ -713,7 +724,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         architecture=a.architecture, model=model, steps=a.steps, minutes=a.minutes, batch_size=a.batch_size,
         lr=a.lr if a.lr is not None else _default_lr(a), schedule=a.schedule, crop=a.crop, frames=tuple(a.frames), fixed_frames=a.fixed_frames,
-        noise=_noise_arg(a), val_every=a.val_every, val_count=a.val_count, patience=a.patience,
+        noise=_noise_arg(a), read_noise_scale=getattr(a, "read_noise_scale", 1.0), val_every=a.val_every, val_count=a.val_count, patience=a.patience,
         workers=a.workers, init_weights=a.init if a.init is not None else "auto", device=a.device, seed=a.seed,
         data=str(data) if data else None, pseudo_gt=None if pseudo in (None, "none") else pseudo,
         reference=_reference_arg(getattr(a, "reference", "middle")), register=not getattr(a, "no_register", False),
