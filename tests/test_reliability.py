@@ -302,6 +302,23 @@ def test_unknown_format_is_refused_at_the_cli(tmp_path, capsys):
     _refused(capsys, ["fuse", path, "-o", out], "data.xyz", "not a format", out=out)
 
 
+def test_block_wise_fuse_without_scratch_space_is_refused(tmp_path, capsys, monkeypatch):
+    """The frame cache needs the registered stack's size on disk; without it the CLI stops at once."""
+    import shutil
+    from collections import namedtuple
+
+    frames = _frames_dir(tmp_path, n=3)
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 100, 100) if "tmp" in str(p).lower() else real(p))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "o.tif"
+    _refused(capsys, ["fuse", frames, "-o", out, "--method", "laplacian", "--block-size", "16", "--no-register"],
+             "TMPDIR", "GB", out=out)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "exc, fragments",
     [
