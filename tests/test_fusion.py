@@ -299,3 +299,32 @@ def test_soft_and_hard_selection_stream_in_constant_memory_per_level():
         planes = sum(a.size for lvl in acc.coef for a in lvl) + sum(a.size for a in acc.best) + sum(a.size for a in acc.wsum)
         level_pixels = sum(h * w for h, w in acc.sizes[:-1])
         assert planes <= 5 * level_pixels
+
+
+@pytest.mark.parametrize("method", ["pyramid", "laplacian", "wavelet"])
+@pytest.mark.parametrize("block", [None, 48])
+def test_without_the_depth_map_the_image_is_the_same(method, block):
+    sim = make_stack((120, 150), 4, 3, max_blur=8.0)
+    options = {"levels": 3} if method != "laplacian" else {}
+    both = fuse(sim.frames, method=method, register=False, block_size=block, **options)
+    image_only = fuse(sim.frames, method=method, register=False, block_size=block, depth=False, **options)
+    assert image_only.depth is None and both.depth is not None
+    np.testing.assert_array_equal(image_only.image, both.image)
+
+
+def test_without_the_depth_map_pyramid_holds_fewer_planes():
+    from napari_focusdeep.fusion.pyramid import PyramidFusion
+
+    sim = make_stack((256, 256), 3, 3)
+    peaks = {}
+    for track in (True, False):
+        tracemalloc.start()
+        acc = PyramidFusion(3, (256, 256, 3), noise=0.01, track_depth=track)
+        for frame in sim.frames:
+            acc.add(frame, selection_image(frame))
+        image, depth = acc.finish()
+        peaks[track] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert (depth is None) is (not track)
+    plane = 256 * 256 * 4
+    assert peaks[True] - peaks[False] > 3 * plane, (peaks, plane)

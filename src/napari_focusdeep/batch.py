@@ -603,6 +603,7 @@ def run_task(task: BatchTask, settings: FuseSettings) -> TaskResult:
             motion=settings.motion,
             channel=settings.channel,
             block_size=settings.block_size,
+            depth=False,  # a batch writes the fused images only
             **_worker_options(settings),
         )
         write_image(task.output, result.image, scale=result.scale, unit=result.unit, overwrite=settings.overwrite)

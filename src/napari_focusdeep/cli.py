@@ -187,6 +187,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             interpolation=args.interpolation,
             channel=args.channel,
             block_size=args.block_size,
+            depth=bool(args.depth_map),  # the depth map costs time and memory: only when asked
             progress=update,
             **options,
         )
@@ -195,7 +196,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     image, depth = result.image, result.depth
     if args.crop_valid and result.valid_region is not None:
         y0, y1, x0, x1 = result.valid_region
-        image, depth = image[..., y0:y1, x0:x1, :] if stack.has_channels else image[..., y0:y1, x0:x1], depth[..., y0:y1, x0:x1]
+        image = image[..., y0:y1, x0:x1, :] if stack.has_channels else image[..., y0:y1, x0:x1]
+        if depth is not None:
+            depth = depth[..., y0:y1, x0:x1]
     write_image(out, image, scale=result.scale, unit=result.unit, overwrite=args.overwrite)
     if args.depth_map:
         write_image(Path(args.depth_map), depth, scale=result.scale, unit=result.unit, overwrite=args.overwrite)

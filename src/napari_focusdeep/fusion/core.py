@@ -62,9 +62,9 @@ class FusionResult:
     image : numpy.ndarray
         The all-in-focus image, ``(Y, X[, C])`` (``(T, Y, X[, C])`` for time series),
         in the input dtype.
-    depth : numpy.ndarray
+    depth : numpy.ndarray or None
         float32 depth map ``(Y, X)``: the sharpest frame per pixel, multiplied by the
-        z-step when it is known (see ``depth_unit``).
+        z-step when it is known (see ``depth_unit``); ``None`` with ``depth=False``.
     depth_unit : str
         ``"frame"`` or the stack's spatial unit.
     method : str
@@ -82,7 +82,7 @@ class FusionResult:
     """
 
     image: np.ndarray
-    depth: np.ndarray
+    depth: np.ndarray | None
     depth_unit: str = "frame"
     method: str = "pyramid"
     transforms: Any = None
@@ -220,6 +220,7 @@ def fuse_iter(
     channel: int | str | None = None,
     block_size: int | None = None,
     return_registered: bool = False,
+    depth: bool = True,
     **options: Any,
 ) -> Generator[Progress, None, FusionResult]:
     """Fuse a stack, yielding :class:`Progress` after every frame; returns the result.
@@ -243,6 +244,7 @@ def fuse_iter(
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     n_t = stack.n_timepoints
+    want_depth = bool(depth)
     images, depths = [], []
     result_transforms = None
     registered = None
@@ -275,20 +277,23 @@ def fuse_iter(
 
             data = apply_transforms(data, tf, interpolation=interpolation)
         result_transforms = tf
-        image, depth, info = yield from _fuse_zstack(data, meth, opts, channel, block_size)
+        image, depth, info = yield from _fuse_zstack(data, meth, opts, channel, block_size, want_depth)
         images.append(from_float(image if zstack.has_channels else image[..., 0], stack.dtype))
         depths.append(depth)
         if return_registered:
             registered = data if zstack.has_channels else data[..., 0]
     image = images[0] if n_t == 1 else np.stack(images)
-    depth = depths[0] if n_t == 1 else np.stack(depths)
     depth_unit = "frame"
-    if stack.z_step:
-        depth = depth * np.float32(stack.z_step)
-        depth_unit = stack.unit or "physical"
+    depth = None
+    if want_depth:
+        depth = depths[0] if n_t == 1 else np.stack(depths)
+        if stack.z_step:
+            depth = depth * np.float32(stack.z_step)
+            depth_unit = stack.unit or "physical"
+        depth = depth.astype(np.float32, copy=False)
     return FusionResult(
         image=image,
-        depth=depth.astype(np.float32, copy=False),
+        depth=depth,
         depth_unit=depth_unit,
         method=meth.name,
         transforms=result_transforms,
@@ -387,7 +392,8 @@ def _fuse_zstack(
     opts: dict[str, Any],
     channel: int | str | None,
     block_size: int | None,
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, dict]]:
+    want_depth: bool = True,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None, dict]]:
     n, h, w, c = (int(s) for s in data.shape)
     halo = int(meth.halo(**opts))
     align = int(meth.align(**opts))
@@ -411,7 +417,7 @@ def _fuse_zstack(
                 yield from _spill(data, spill)
             read = spill.read if spill is not None else _reader(data)
             try:
-                image, depth = yield from _fuse_blocks(read, (n, h, w, c), blocks, meth, opts, channel, ramp)
+                image, depth = yield from _fuse_blocks(read, (n, h, w, c), blocks, meth, opts, channel, ramp, want_depth)
                 resolved = {k: opts[k] for k in meth.options if k in opts}  # e.g. the noise level "auto" found
                 return image, depth, {"blocks": len(blocks), "halo": halo, "block_size": block, "options": resolved}
             except TileOutOfMemory as exc:
@@ -448,9 +454,12 @@ def _fuse_blocks(
     opts: dict[str, Any],
     channel: int | str | None,
     ramp: int,
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    want_depth: bool = True,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     n, h, w, c = shape
     total = n * len(blocks)
+    if not want_depth and meth.depth_optional:
+        opts = {**opts, "track_depth": False}
     # the output planes are allocated when the first block is done, not while its
     # accumulator streams (at 12 MP RGB they are 190 MB)
     image = depth = weight = None
@@ -474,30 +483,36 @@ def _fuse_blocks(
             yield Progress(step, total, "fuse", f"fusing ({meth.name})")
         out, dep = acc.finish()
         del acc
+        if not want_depth:
+            dep = None
         y0, y1, x0, x1 = block.core
         if len(blocks) == 1 and not ramp:
             image, depth = out, dep  # one block is the whole image: no copy
             continue
         if image is None:
             image = np.zeros((h, w, c), np.float32)
-            depth = np.zeros((h, w), np.float32)
+            depth = np.zeros((h, w), np.float32) if want_depth else None
             weight = np.zeros((h, w), np.float32) if ramp else None
         if weight is None:
             sy, sx = slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0)
             image[y0:y1, x0:x1] = out[sy, sx]
-            depth[y0:y1, x0:x1] = dep[sy, sx]
+            if depth is not None:
+                depth[y0:y1, x0:x1] = dep[sy, sx]
         else:
             wy = _ramp(h, y0, y1, ry0, ry1, ramp)
             wx = _ramp(w, x0, x1, rx0, rx1, ramp)
             wgt = wy[:, None] * wx[None, :]
             image[ry0:ry1, rx0:rx1] += out * wgt[..., None]
-            depth[ry0:ry1, rx0:rx1] += dep * wgt
+            if depth is not None:
+                depth[ry0:ry1, rx0:rx1] += dep * wgt
             weight[ry0:ry1, rx0:rx1] += wgt
     if image is None:  # no blocks at all (an empty frame)
-        image, depth = np.zeros((h, w, c), np.float32), np.zeros((h, w), np.float32)
+        image = np.zeros((h, w, c), np.float32)
+        depth = np.zeros((h, w), np.float32) if want_depth else None
     if weight is not None:
         image /= np.maximum(weight, 1e-12)[..., None]
-        depth /= np.maximum(weight, 1e-12)
+        if depth is not None:
+            depth /= np.maximum(weight, 1e-12)
     if meth.kind == "classical":
         # Multi-scale selection (pyramid, wavelet) overshoots next to strong edges; a value
         # no frame holds (a negative fluorescence intensity, a float above the sensor's
@@ -529,6 +544,7 @@ def fuse(
     channel: int | str | None = None,
     block_size: int | None = None,
     return_registered: bool = False,
+    depth: bool = True,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     **options: Any,
@@ -562,6 +578,10 @@ def fuse(
         memory on very large frames. The result equals whole-image fusion.
     return_registered : bool
         Also return the registered stack (lazy).
+    depth : bool
+        Also make the depth map. Without it the classical methods skip its focus
+        measure and arg-max: about a fifth less time and five fewer full-size planes
+        for ``pyramid``.
     progress : callable, optional
         Called with a :class:`Progress` after every frame.
     cancel : threading.Event, optional
@@ -595,6 +615,7 @@ def fuse(
         channel=channel,
         block_size=block_size,
         return_registered=return_registered,
+        depth=depth,
         **options,
     )
     try:

@@ -72,6 +72,7 @@ class LaplacianFusion:
         *,
         power: float = DEFAULTS["power"],
         sigma: float = DEFAULTS["sigma"],
+        track_depth: bool = True,
         **options: Any,
     ):
         check_options("laplacian", options, DEFAULTS)
@@ -82,13 +83,14 @@ class LaplacianFusion:
         self.acc = np.zeros((h, w, c), np.float32)
         self.wsum = np.zeros((h, w), np.float32)
         self.top = np.full((h, w), -np.inf, np.float32)  # running max of log-weights
-        self.depth = DepthTracker((h, w))
+        self.depth = DepthTracker((h, w)) if track_depth else None
         self.n = 0
 
     def add(self, frame: np.ndarray, focus: np.ndarray) -> None:
         """Fold one frame ``(H, W, C)`` and its selection image ``(H, W)`` in."""
         fm = focus_measure(focus, self.sigma)
-        self.depth.add(fm)
+        if self.depth is not None:
+            self.depth.add(fm)
         self.n += 1
         if self.hard:
             better = cv2.compare(fm, self.top, cv2.CMP_GT)
@@ -107,7 +109,7 @@ class LaplacianFusion:
         self.top = new_top
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """The fused image ``(H, W, C)`` float32 and depth ``(H, W)``."""
+        """The fused image ``(H, W, C)`` float32 and depth ``(H, W)`` (``None`` untracked)."""
         if self.n == 0:
             raise RuntimeError("no frames were added")
         if self.hard:
@@ -115,7 +117,7 @@ class LaplacianFusion:
         else:
             # wsum >= 1 wherever a frame was added: the top frame has weight exp(0).
             out = self.acc / self.wsum[..., None]
-        return np.ascontiguousarray(out, dtype=np.float32), self.depth.finish()
+        return np.ascontiguousarray(out, dtype=np.float32), self.depth.finish() if self.depth is not None else None
 
 
 def _make(n_frames: int, shape: tuple[int, int, int], **options: Any) -> LaplacianFusion:
@@ -134,6 +136,7 @@ register_method(
         name="laplacian",
         description="Per-pixel selection by local Laplacian energy (depth-map style, soft weights)",
         make=_make,
+        depth_optional=True,
         halo=_halo,
         align=lambda **_: 1,
         kind="classical",

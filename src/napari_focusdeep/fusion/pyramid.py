@@ -213,6 +213,7 @@ class PyramidFusion:
         window: int = DEFAULTS["window"],
         noise: float | str = DEFAULTS["noise"],
         tau: float = DEFAULTS["tau"],
+        track_depth: bool = True,
         **options: Any,
     ):
         check_options("pyramid", options, DEFAULTS)
@@ -241,7 +242,8 @@ class PyramidFusion:
         self.coef: list[list[np.ndarray]] = []
         self.wsum: list[np.ndarray] = []
         self.base = [np.zeros(self.sizes[-1], np.float32) for _ in range(c)]
-        self.depth = DepthTracker((h, w))
+        # the depth map costs a fifth of the time and 5 full-size planes: only when asked
+        self.depth = DepthTracker((h, w)) if track_depth else None
 
     def _activity(self, detail: np.ndarray) -> np.ndarray:
         a = np.abs(detail, out=detail)  # the focus detail is not needed after this
@@ -294,7 +296,8 @@ class PyramidFusion:
         focus = np.asarray(focus, np.float32)
         if self.n == 0:
             self._set_noise(noise_sigma(focus) if self.noise is None else self.noise)
-        self.depth.add(focus_measure(focus))
+        if self.depth is not None:
+            self.depth.add(focus_measure(focus))
         frame = np.asarray(frame, np.float32)
         # level 0 copies one channel of the interleaved frame at a time (a generator),
         # so only one full-resolution plane copy exists at once
@@ -324,7 +327,7 @@ class PyramidFusion:
         """
         if self.n == 0:
             raise RuntimeError("no frames were added")
-        depth = self.depth.finish()
+        depth = self.depth.finish() if self.depth is not None else None
         self.depth = None
         self.best = []  # activities / running maxima: not needed to collapse
         inv_n = np.float32(1.0 / self.n)
@@ -388,6 +391,7 @@ register_method(
         name="pyramid",
         description="Laplacian pyramid, noise-aware soft selection (default; sharp, few halos, averages noise)",
         make=_make,
+        depth_optional=True,
         halo=pyramid_halo,
         align=_align,
         kind="classical",

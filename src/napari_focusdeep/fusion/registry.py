@@ -70,6 +70,9 @@ class Method:
     release : callable, optional
         ``release()`` is called after every z-stack (and before an out-of-memory
         retry) to free cached device memory.
+    depth_optional : bool
+        ``make(..., track_depth=False)`` skips the depth map (``fuse(..., depth=False)``),
+        saving its time and memory; ``finish`` then returns ``None`` for it.
     prepare : callable, optional
         ``prepare(data, channel, options) -> options`` is called once per z-stack,
         on the registered ``(Z, Y, X, C)`` frames (lazy), before any block is fused.
@@ -88,6 +91,7 @@ class Method:
     blend: bool = False
     default_block: int = 4096
     release: Callable[[], None] | None = None
+    depth_optional: bool = False
     prepare: Callable[[Any, Any, dict[str, Any]], dict[str, Any]] | None = None
 
 

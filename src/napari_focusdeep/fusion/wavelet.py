@@ -245,6 +245,7 @@ class WaveletFusion:
         levels: int = DEFAULTS["levels"],
         wavelet: str = DEFAULTS["wavelet"],
         window: int = DEFAULTS["window"],
+        track_depth: bool = True,
         **options: Any,
     ):
         check_options("wavelet", options, DEFAULTS)
@@ -255,7 +256,7 @@ class WaveletFusion:
         self.best: list[np.ndarray] = []
         self.coef: list[list[np.ndarray]] = []
         self.approx = np.zeros((h, w, c), np.float32)
-        self.depth = DepthTracker((h, w))
+        self.depth = DepthTracker((h, w)) if track_depth else None
         self.n = 0
 
     def add(self, frame: np.ndarray, focus: np.ndarray) -> None:
@@ -278,7 +279,8 @@ class WaveletFusion:
                     masked_copy(dst, src, better)
             del lh, hl, hh
         self.approx += a[..., :c]
-        self.depth.add(focus_measure(focus))
+        if self.depth is not None:
+            self.depth.add(focus_measure(focus))
         self.n += 1
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +290,7 @@ class WaveletFusion:
         c = self.c
         details = [tuple(b[..., :c] for b in bands) for bands in self.coef]
         out = swt_inverse(self.approx / np.float32(self.n), details, self.name)
-        return np.ascontiguousarray(out, dtype=np.float32), self.depth.finish()
+        return np.ascontiguousarray(out, dtype=np.float32), self.depth.finish() if self.depth is not None else None
 
 
 def _make(n_frames: int, shape: tuple[int, int, int], **options: Any) -> WaveletFusion:
@@ -300,6 +302,7 @@ register_method(
         name="wavelet",
         description="Undecimated wavelet, max-abs area selection (Forster et al. 2004)",
         make=_make,
+        depth_optional=True,
         halo=wavelet_halo,
         align=lambda **_: 1,
         kind="classical",

@@ -238,7 +238,7 @@ def add_noise_input(state: dict[str, Tensor], model: FocusDeepAny) -> dict[str, 
 def _base_fusion(shape: tuple[int, int, int], levels: int, noise: float | None) -> Any:
     from ..fusion.pyramid import PyramidFusion
 
-    return PyramidFusion(0, shape, levels=levels, noise="auto" if noise is None else float(noise))
+    return PyramidFusion(0, shape, levels=levels, noise="auto" if noise is None else float(noise), track_depth=False)
 
 
 def _add_base_frame(acc: Any, frame: np.ndarray) -> None:
