@@ -303,12 +303,26 @@ def test_soft_and_hard_selection_stream_in_constant_memory_per_level():
 
 @pytest.mark.parametrize("method", ["pyramid", "laplacian", "wavelet"])
 @pytest.mark.parametrize("block", [None, 48])
-def test_without_the_depth_map_the_image_is_the_same(method, block):
+def test_without_the_depth_map_the_image_is_the_same(method, block, monkeypatch):
+    from dataclasses import replace
+
+    from napari_focusdeep.fusion import registry
+
     sim = make_stack((120, 150), 4, 3, max_blur=8.0)
     options = {"levels": 3} if method != "laplacian" else {}
     both = fuse(sim.frames, method=method, register=False, block_size=block, **options)
+    meth = get_method(method)
+    made = []
+
+    def make(*args, **kwargs):
+        acc = meth.make(*args, **kwargs)
+        made.append(acc.depth is None)  # before finish(), which drops it anyway
+        return acc
+
+    monkeypatch.setitem(registry._REGISTRY, method, replace(meth, make=make))
     image_only = fuse(sim.frames, method=method, register=False, block_size=block, depth=False, **options)
     assert image_only.depth is None and both.depth is not None
+    assert made and all(made)  # the accumulators never tracked it
     np.testing.assert_array_equal(image_only.image, both.image)
 
 

@@ -311,7 +311,9 @@ def test_block_wise_fuse_without_scratch_space_is_refused(tmp_path, capsys, monk
     real = shutil.disk_usage
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 100, 100) if "tmp" in str(p).lower() else real(p))
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # gettempdir() is cached
     (tmp_path / "tmp").mkdir()
     out = tmp_path / "o.tif"
     _refused(capsys, ["fuse", frames, "-o", out, "--method", "laplacian", "--block-size", "16", "--no-register"],

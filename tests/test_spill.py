@@ -1,6 +1,7 @@
 """The scratch copy of a stack that block-wise fusion reads its blocks from."""
 from __future__ import annotations
 
+import os
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -30,6 +31,7 @@ def test_regions_read_back_what_was_written(tmp_path, dtype):
             spill.write(0, frames[0, :10])
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows cannot unlink an open file; close() removes it")
 def test_the_file_is_gone_while_in_use_and_after(tmp_path):
     spill = FrameSpill((2, 8, 8, 1), np.uint8, directory=tmp_path)
     spill.write(0, np.ones((8, 8, 1), np.uint8))
@@ -88,3 +90,22 @@ def test_fusion_falls_back_to_blocks_when_memory_is_short(monkeypatch):
     assert blocked.info["blocks"] > 1 and blocked.info["block_size"] == 1024
     np.testing.assert_array_equal(blocked.image, whole.image)
     assert np.abs(blocked.depth - whole.depth).max() < 1e-4
+
+
+def test_automatic_blocks_without_scratch_space_fall_back_to_the_whole_image(monkeypatch):
+    sharp, depth = synthetic_scene((300, 1100), channels=3, seed=2)
+    frames = simulate_stack(sharp, depth, 3, noise="low", dtype=np.uint8, seed=2, max_blur=6.0).frames
+    whole = fuse(frames, register=False)
+    monkeypatch.setattr(fusion_core, "_WHOLE_IMAGE_BYTES", 10**6)
+
+    def no_space(*args, **kwargs):
+        raise SpillSpaceError("no room for the scratch copy")
+
+    monkeypatch.setattr(fusion_core, "FrameSpill", no_space)
+    with pytest.warns(ResourceWarning, match="whole image"):
+        fallback = fuse(frames, register=False)
+    assert fallback.info["blocks"] == 1
+    np.testing.assert_array_equal(fallback.image, whole.image)
+    # blocks the caller asked for are not second-guessed
+    with pytest.raises(SpillSpaceError):
+        fuse(frames, register=False, block_size=256)

@@ -8,6 +8,7 @@ worth whatever the number of frames, and a consumer can cancel at every frame.
 from __future__ import annotations
 
 import math
+import warnings
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 
 from .._prefetch import prefetch
 from ..stack import Stack
-from ._spill import FrameSpill
+from ._spill import FrameSpill, SpillSpaceError
 from .registry import Method, TileOutOfMemory, get_method
 
 __all__ = [
@@ -400,9 +401,8 @@ def _fuse_zstack(
     ramp = int(opts.get("ramp", 0)) if meth.blend else 0
     # ``tile`` is the deep methods' name for the block size.
     block = block_size or opts.get("block_size") or opts.get("tile")
-    if not block and meth.kind == "classical":
-        block = memory_block_size((h, w, c))
-    block = int(block or meth.default_block)
+    auto = not block and meth.kind == "classical" and memory_block_size((h, w, c)) is not None
+    block = int(block or (_MEMORY_BLOCK if auto else meth.default_block))
     if meth.prepare is not None:
         opts = meth.prepare(data, channel, dict(opts))
     spill = None
@@ -413,7 +413,16 @@ def _fuse_zstack(
                 # Reading a block of a lazily decoded (JPEG, compressed TIFF) or warped frame
                 # redoes the whole frame's work for every block; write each frame once to a
                 # scratch file so blocks read only their own pixels.
-                spill = FrameSpill((n, h, w, c), data.dtype)
+                try:
+                    spill = FrameSpill((n, h, w, c), data.dtype)
+                except SpillSpaceError as exc:
+                    if not auto:
+                        raise
+                    # blocks were our idea, not the caller's: try the whole image after all
+                    warnings.warn(f"{exc}; fusing the whole image at once, which may run out of memory",
+                                  ResourceWarning, stacklevel=3)
+                    auto, block = False, max(h, w, meth.default_block)
+                    continue
                 yield from _spill(data, spill)
             read = spill.read if spill is not None else _reader(data)
             try:

@@ -70,15 +70,15 @@ class Method:
     release : callable, optional
         ``release()`` is called after every z-stack (and before an out-of-memory
         retry) to free cached device memory.
-    depth_optional : bool
-        ``make(..., track_depth=False)`` skips the depth map (``fuse(..., depth=False)``),
-        saving its time and memory; ``finish`` then returns ``None`` for it.
     prepare : callable, optional
         ``prepare(data, channel, options) -> options`` is called once per z-stack,
         on the registered ``(Z, Y, X, C)`` frames (lazy), before any block is fused.
         It resolves options that depend on the whole stack (``pyramid``'s
         ``noise="auto"``), so that every block of a block-wise run uses the same
         values and block-wise fusion still equals whole-image fusion.
+    depth_optional : bool
+        ``make(..., track_depth=False)`` skips the depth map (``fuse(..., depth=False)``),
+        saving its time and memory; ``finish`` then returns ``None`` for it.
     """
 
     name: str
@@ -91,8 +91,8 @@ class Method:
     blend: bool = False
     default_block: int = 4096
     release: Callable[[], None] | None = None
-    depth_optional: bool = False
     prepare: Callable[[Any, Any, dict[str, Any]], dict[str, Any]] | None = None
+    depth_optional: bool = False
 
 
 _REGISTRY: dict[str, Method] = {}

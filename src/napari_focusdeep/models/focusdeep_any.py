@@ -284,7 +284,9 @@ def pyramid_base(x: Tensor, levels: int = 3, noise: float | Sequence[float] | No
     frames = _bursts(x)
     if noise is None:
         noise = burst_noise(x)
-    levels_of = list(noise) if isinstance(noise, Sequence) else [noise] * len(frames)
+    levels_of = [float(v) for v in np.ravel(noise)] if np.ndim(noise) else [float(noise)] * len(frames)
+    if len(levels_of) != len(frames):
+        raise ValueError(f"{len(levels_of)} noise levels for {len(frames)} bursts")
     out = []
     for burst, level in zip(frames, levels_of):
         acc = _base_fusion(burst.shape[1:], levels, level)
