@@ -9,7 +9,7 @@ OUT=${OUT:?set OUT to a folder for results}
 TRAIN_MINUTES=${TRAIN_MINUTES:-6.5}
 # the shipped configuration: a correction of the classical pyramid at half resolution (fast on CPUs),
 # continued from the shipped weights; ANY_INIT=none trains from scratch
-ANY_MODEL=${ANY_MODEL:-'{"features": 32, "front_blocks": 1, "groups": 2, "blocks_per_group": 2, "align": false, "base": "pyramid", "scale": 2}'}
+ANY_MODEL=${ANY_MODEL:-'{"features": 32, "front_blocks": 1, "groups": 2, "blocks_per_group": 2, "align": false, "base": "pyramid", "scale": 2, "noise_input": true}'}
 ANY_INIT=${ANY_INIT:-focusdeep-any}
 FIXED_MODEL=${FIXED_MODEL:-'{"features": 32, "front_blocks": 2, "groups": 2, "blocks_per_group": 2, "n_frames": 8}'}
 ANY_WORKERS=${ANY_WORKERS:-9}
@@ -28,7 +28,7 @@ LOGS=$(mktemp -d)
 
 # 1. the two trainings side by side (the GPU is idle most of the time; data simulation runs on the CPUs)
 python3 -m napari_focusdeep.training.train -o "$OUT/any" --architecture focusdeep-any --model "$ANY_MODEL" --init "$ANY_INIT" \
-    --frames 3 16 --steps 100000 --minutes "$TRAIN_MINUTES" --batch-size 8 --lr 4e-4 --val-every 250 --val-count 24 \
+    --frames 3 16 --read-noise-scale 8 --steps 100000 --minutes "$TRAIN_MINUTES" --batch-size 8 --lr 4e-4 --val-every 250 --val-count 24 \
     --workers "$ANY_WORKERS" --device "$DEVICE" --seed 1 > "$LOGS/any.log" 2>&1 &
 pid_any=$!
 python3 -m napari_focusdeep.training.train -o "$OUT/fixed" --architecture focusdeep --model "$FIXED_MODEL" \
