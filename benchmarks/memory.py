@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         by_n = [(n, (375, 500)) for n in (5, 20, 60)]
         by_size = [(8, s) for s in ((300, 400), (600, 800), (1200, 1600))]
-        blocks = [(8, s) for s in ((600, 800), (1200, 1600))]
+        blocks = [(8, s) for s in ((1200, 1600), (1500, 2000))]  # both more than one block
         big = []
     else:
         by_n = [(n, (1500, 2000)) for n in (10, 50, 200)]

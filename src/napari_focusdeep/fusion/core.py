@@ -8,8 +8,8 @@ worth whatever the number of frames, and a consumer can cancel at every frame.
 from __future__ import annotations
 
 import math
-import warnings
 import threading
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator
@@ -401,8 +401,8 @@ def _fuse_zstack(
     ramp = int(opts.get("ramp", 0)) if meth.blend else 0
     # ``tile`` is the deep methods' name for the block size.
     block = block_size or opts.get("block_size") or opts.get("tile")
-    auto = not block and meth.kind == "classical" and memory_block_size((h, w, c)) is not None
-    block = int(block or (_MEMORY_BLOCK if auto else meth.default_block))
+    auto = memory_block_size((h, w, c)) if not block and meth.kind == "classical" else None
+    block = int(block or auto or meth.default_block)
     if meth.prepare is not None:
         opts = meth.prepare(data, channel, dict(opts))
     spill = None
@@ -416,12 +416,12 @@ def _fuse_zstack(
                 try:
                     spill = FrameSpill((n, h, w, c), data.dtype)
                 except SpillSpaceError as exc:
-                    if not auto:
+                    if auto is None:
                         raise
                     # blocks were our idea, not the caller's: try the whole image after all
                     warnings.warn(f"{exc}; fusing the whole image at once, which may run out of memory",
                                   ResourceWarning, stacklevel=3)
-                    auto, block = False, max(h, w, meth.default_block)
+                    auto, block = None, max(h, w, meth.default_block)
                     continue
                 yield from _spill(data, spill)
             read = spill.read if spill is not None else _reader(data)

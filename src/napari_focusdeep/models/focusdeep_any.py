@@ -272,6 +272,14 @@ def noise_plane(noise: Sequence[float], like: Tensor) -> Tensor:
     return level.view(b, 1, 1, 1).expand(b, 1, h, w)
 
 
+def _per_burst(noise: Any, b: int) -> list:
+    """``noise`` as one level per burst: a single value (or ``None``) for all, or one each."""
+    levels = list(np.ravel(noise)) if np.ndim(noise) else [noise] * b
+    if len(levels) != b:
+        raise ValueError(f"{len(levels)} noise levels for {b} bursts")
+    return levels
+
+
 def pyramid_base(x: Tensor, levels: int = 3, noise: float | Sequence[float] | None = None) -> Tensor:
     """The classical ``pyramid`` fusion of each burst in ``x`` ``(B, N, C, H, W)``.
 
@@ -282,13 +290,8 @@ def pyramid_base(x: Tensor, levels: int = 3, noise: float | Sequence[float] | No
     ``(B, C, H, W)`` float32 on ``x``'s device.
     """
     frames = _bursts(x)
-    if noise is None:
-        noise = burst_noise(x)
-    levels_of = [float(v) for v in np.ravel(noise)] if np.ndim(noise) else [float(noise)] * len(frames)
-    if len(levels_of) != len(frames):
-        raise ValueError(f"{len(levels_of)} noise levels for {len(frames)} bursts")
     out = []
-    for burst, level in zip(frames, levels_of):
+    for burst, level in zip(frames, _per_burst(burst_noise(x) if noise is None else noise, len(frames))):
         acc = _base_fusion(burst.shape[1:], levels, level)
         for frame in burst:
             _add_base_frame(acc, np.ascontiguousarray(frame))
@@ -317,10 +320,7 @@ class _AnyStream(Stream):
         # one classical accumulator per burst in the batch, fed the same frames
         self.bases = None
         if model.base == "pyramid":
-            levels = noise if isinstance(noise, Sequence) else [noise] * b
-            if len(levels) != b:
-                raise ValueError(f"{len(levels)} noise levels for {b} bursts")
-            self.bases = [_base_fusion((h, w, c), model.base_levels, n) for n in levels]
+            self.bases = [_base_fusion((h, w, c), model.base_levels, n) for n in _per_burst(noise, b)]
         self.finished = False
         self.count = 0
         self.prev: list[Tensor] | None = None
