@@ -44,6 +44,25 @@ def test_shapes_dtypes_and_reference():
     assert simulate_stack(gray, depth, 3).frames.shape == (3, 40, 50)
 
 
+def test_dead_leaves_scene_occludes_with_depth():
+    """Leaves cover the picture, and the picture's edges are depth edges (nearer leaves on top)."""
+    sharp, depth = synthetic_scene((96, 96), channels=3, kind="leaves", seed=5)
+    again, _ = synthetic_scene((96, 96), channels=3, kind="leaves", seed=5)
+    np.testing.assert_array_equal(sharp, again)
+    assert sharp.shape == (96, 96, 3) and 0.05 <= sharp.min() and sharp.max() <= 0.95
+    assert depth.shape == (96, 96) and depth.min() == 0 and depth.max() == 1
+    # depth is piecewise near-flat: most strong depth steps sit on strong picture edges
+    dz = np.hypot(*np.gradient(depth))
+    di = np.hypot(*np.gradient(sharp.mean(axis=-1)))
+    steps = dz > 0.05
+    assert steps.mean() > 0.01
+    assert np.median(di[steps]) > 3 * np.median(di[~steps])
+    gray, _ = synthetic_scene((64, 64), channels=1, kind="leaves", seed=5)
+    assert gray.shape == (64, 64)
+    with pytest.raises(ValueError, match="leaves"):
+        synthetic_scene((32, 32), kind="bubbles")
+
+
 def test_in_focus_frame_is_sharpest_where_depth_matches():
     """Physical sanity: each pixel is sharpest in the frame focused at its depth."""
     sharp, _ = synthetic_scene((128, 128), channels=1, kind="fractal", seed=1)

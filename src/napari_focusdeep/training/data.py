@@ -37,6 +37,12 @@ __all__ = [
 # scikit-image's bundled photos used as real-texture sources beside procedural scenes
 PHOTO_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohistochemistry", "retina", "hubble_deep_field")
 HELD_OUT_SOURCES = ("camera", "brick", "grass", "gravel", "cell")
+#: More bundled scikit-image photos, added to the training mix on 2026-11-28 (natural grain:
+#: the moon's craters, coins, a printed page); kept apart so PHOTO_SOURCES's users
+#: (the fine-tuning benchmark) render the same stacks as before.
+EXTRA_PHOTO_SOURCES = ("moon", "coins", "page")
+#: Procedural scene kinds drawn for training (see :func:`~.simulate.synthetic_scene`).
+SCENE_KINDS = ("mixed", "fractal", "cells", "fibres", "text", "leaves")
 
 
 @dataclass
@@ -51,6 +57,8 @@ class SimConfig:
     multiplies the read noise variance of each noisy burst by a log-uniform factor in
     ``[1, read_noise_scale]``, beyond Brooks et al.'s relation (a sensor at very high
     ISO, or a dim microscope), so the network meets heavier noise than the paper's range.
+    A ``photo_fraction`` of bursts crop one of ``photos``; the others are procedural
+    scenes of a kind drawn from ``scenes`` (:func:`~.simulate.synthetic_scene`).
     """
 
     crop: int = 128
@@ -65,7 +73,8 @@ class SimConfig:
     gray_fraction: float = 0.2
     uint8_fraction: float = 0.5
     read_noise_scale: float = 1.0
-    photos: tuple[str, ...] = PHOTO_SOURCES
+    photos: tuple[str, ...] = PHOTO_SOURCES + EXTRA_PHOTO_SOURCES
+    scenes: tuple[str, ...] = SCENE_KINDS
     channels: int = 3
     _photo_cache: dict = field(default_factory=dict, repr=False)
 
@@ -108,7 +117,7 @@ def simulated_pair(
         sharp = np.ascontiguousarray(sharp[..., : cfg.channels])
         depth = random_depth((s, s), seed=rng, steps=int(rng.integers(0, 4)))
     else:
-        sharp, depth = synthetic_scene((s, s), channels=cfg.channels, kind=str(rng.choice(["mixed", "fractal", "cells", "fibres", "text"])), seed=rng)
+        sharp, depth = synthetic_scene((s, s), channels=cfg.channels, kind=str(rng.choice(list(cfg.scenes))), seed=rng)
         if cfg.channels == 1:
             sharp = sharp[..., None]
     noise = draw_noise(rng, cfg)

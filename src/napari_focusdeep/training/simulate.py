@@ -194,7 +194,62 @@ def _text(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return img.astype(np.float32) / 255
 
 
+def _dead_leaves(shape: tuple[int, int], channels: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Dead leaves: occluding discs with power-law radii, each a flat colour plus its own
+    grain (fractal noise of random roughness), ``(H, W, channels)`` in about [0, 1], and
+    its depth map: each leaf nearer than those it covers, so the occlusion edges of the
+    picture are the depth edges the simulator blurs across.
+
+    The model reproduces natural images' scale invariance and occlusion edges, and
+    denoisers trained on it alone come within about a dB of ones trained on photos
+    (Achddou et al., "Synthetic images as a regularity prior for image restoration
+    neural networks", 2021), so it widens the textures training sees without a dataset.
+    """
+    h, w = shape
+    up = 2  # drawn at twice the size and reduced, for anti-aliased edges
+    hh, ww = h * up, w * up
+    grains = [_fractal((hh, ww), rng, beta=float(rng.uniform(0.2, 2.2))) - 0.5 for _ in range(3)]
+
+
+    def colour() -> np.ndarray:  # a grey level with some colour: natural channels correlate
+        return (rng.uniform(0, 1) + rng.normal(0, 0.15, channels)).astype(np.float32)
+
+    img = np.empty((hh, ww, channels), np.float32)
+    img[:] = colour() + float(rng.uniform(0, 0.6)) * grains[0][..., None]
+    rmin, rmax = 1.0 * up, 0.6 * max(hh, ww)
+    mask = np.zeros((hh, ww), np.uint8)
+    big = int(rng.integers(3, 9))  # a few large leaves first, so small ones rarely show the background
+    count = big + int(rng.integers(150, 500))
+    depth = np.ones((hh, ww), np.float32)
+    # later leaves lie on top, so nearer (smaller depth), with random gaps between them
+    leaf_depth = np.sort(rng.random(count))[::-1]
+    for i in range(count):
+        if i < big:
+            r = float(rng.uniform(0.15, 0.6)) * max(hh, ww)
+        else:  # radii with density ~ r^-3 between rmin and rmax (inverse transform sampling)
+            u = rng.random()
+            r = (rmin**-2 - u * (rmin**-2 - rmax**-2)) ** -0.5
+        mask[:] = 0
+        centre = (int(rng.integers(0, ww)), int(rng.integers(0, hh)))
+        if rng.random() < 0.5:
+            cv2.circle(mask, centre, int(round(r)), 1, -1)
+        else:
+            axes = (int(round(r)), max(1, int(round(r * rng.uniform(0.2, 1.0)))))
+            cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        sel = mask.astype(bool)
+        amp = float(rng.uniform(0, 0.6))
+        img[sel] = colour() + amp * grains[int(rng.integers(0, 3))][sel][:, None]
+        depth[sel] = leaf_depth[i]
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, channels)
+    depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
+    depth = depth + 0.1 * _fractal(shape, rng, beta=4.0)  # leaves are not quite flat
+    depth -= depth.min()
+    return img, (depth / max(float(depth.max()), 1e-12)).astype(np.float32)
+
+
 _TEXTURES = {"fractal": _fractal, "cells": _cells, "fibres": _fibres, "text": _text}
+#: Scene kinds drawn as a whole rather than blended per channel ("mixed" leaves them out).
+_SCENES = {"leaves": _dead_leaves}
 
 
 def synthetic_scene(
@@ -211,8 +266,9 @@ def synthetic_scene(
     shape : (H, W)
     channels : int
         1 for gray (returned as ``(H, W)``), 3 for RGB, or any count.
-    kind : {"mixed", "fractal", "cells", "fibres", "text"}
-        Texture family; ``"mixed"`` blends all of them.
+    kind : {"mixed", "fractal", "cells", "fibres", "text", "leaves"}
+        Texture family; ``"mixed"`` blends the first five; ``"leaves"`` is a
+        dead-leaves scene (occluding discs, each with its own grain).
     seed : int or Generator
 
     Returns
@@ -223,16 +279,20 @@ def synthetic_scene(
     rng = np.random.default_rng(seed)
     shape = (int(shape[0]), int(shape[1]))
     kinds = list(_TEXTURES) if kind == "mixed" else [kind]
-    if any(k not in _TEXTURES for k in kinds):
-        raise ValueError(f"unknown scene kind {kind!r}; choose mixed or one of {sorted(_TEXTURES)}")
-    layers = []
-    for c in range(channels):
-        acc = np.zeros(shape, np.float32)
-        for k in kinds:
-            acc += _TEXTURES[k](shape, rng) * float(rng.uniform(0.5, 1.0))
-        layers.append(acc)
-    img = np.stack(layers, axis=-1)
-    if channels >= 3:
+    if any(k not in _TEXTURES and k not in _SCENES for k in kinds):
+        raise ValueError(f"unknown scene kind {kind!r}; choose mixed or one of {sorted([*_TEXTURES, *_SCENES])}")
+    depth = None
+    if kind in _SCENES:
+        img, depth = _SCENES[kind](shape, channels, rng)
+    else:
+        layers = []
+        for c in range(channels):
+            acc = np.zeros(shape, np.float32)
+            for k in kinds:
+                acc += _TEXTURES[k](shape, rng) * float(rng.uniform(0.5, 1.0))
+            layers.append(acc)
+        img = np.stack(layers, axis=-1)
+    if channels >= 3 and kind not in _SCENES:
         # correlated colour channels, as in natural images
         mix = np.eye(channels, dtype=np.float32) * 0.5 + 0.5 / channels
         mix += rng.normal(0, 0.1, size=(channels, channels)).astype(np.float32)
@@ -240,7 +300,7 @@ def synthetic_scene(
     lo, hi = np.percentile(img, [0.5, 99.5], axis=(0, 1))
     img = np.clip((img - lo) / np.maximum(hi - lo, 1e-6), 0, 1) * 0.9 + 0.05
     sharp = img[..., 0] if channels == 1 else img
-    return sharp.astype(np.float32), random_depth(shape, seed=rng)
+    return sharp.astype(np.float32), random_depth(shape, seed=rng) if depth is None else depth
 
 
 def random_depth(shape: tuple[int, int], *, seed: int | np.random.Generator = 0, steps: int = 3) -> np.ndarray:
