@@ -1,6 +1,7 @@
 """The scratch copy of a stack that block-wise fusion reads its blocks from."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections import namedtuple
@@ -90,6 +91,26 @@ def test_fusion_falls_back_to_blocks_when_memory_is_short(monkeypatch):
     assert blocked.info["blocks"] > 1 and blocked.info["block_size"] == 1024
     np.testing.assert_array_equal(blocked.image, whole.image)
     assert np.abs(blocked.depth - whole.depth).max() < 1e-4
+
+
+def test_no_automatic_blocks_for_a_method_without_a_declared_halo(monkeypatch):
+    """A third-party method that does not say what context its blocks need is never
+    split by fuse's own choice (its blocks could show seams); asked-for blocks still apply."""
+    from napari_focusdeep.fusion import registry
+    from napari_focusdeep.fusion.laplacian import _halo
+
+    laplacian = registry.get_method("laplacian")
+    plain = dataclasses.replace(laplacian, name="test-no-halo", halo=registry.Method.halo)
+    declared = dataclasses.replace(laplacian, name="test-halo", halo=_halo)
+    assert not registry.declares_halo(plain) and registry.declares_halo(declared)
+    monkeypatch.setitem(registry._REGISTRY, plain.name, plain)
+    monkeypatch.setitem(registry._REGISTRY, declared.name, declared)
+    sharp, depth = synthetic_scene((300, 1100), channels=3, seed=2)
+    frames = simulate_stack(sharp, depth, 3, noise="low", dtype=np.uint8, seed=2, max_blur=6.0).frames
+    monkeypatch.setattr(fusion_core, "_WHOLE_IMAGE_BYTES", 10**6)
+    assert fuse(frames, method="test-no-halo", register=False).info["blocks"] == 1
+    assert fuse(frames, method="test-halo", register=False).info["blocks"] > 1
+    assert fuse(frames, method="test-no-halo", register=False, block_size=512).info["blocks"] > 1
 
 
 def test_automatic_blocks_without_scratch_space_fall_back_to_the_whole_image(monkeypatch):

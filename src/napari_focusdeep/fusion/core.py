@@ -20,7 +20,7 @@ import numpy as np
 from .._prefetch import prefetch
 from ..stack import Stack
 from ._spill import FrameSpill, SpillSpaceError
-from .registry import Method, TileOutOfMemory, get_method
+from .registry import Method, TileOutOfMemory, declares_halo, get_method
 
 __all__ = [
     "FusionResult",
@@ -401,7 +401,8 @@ def _fuse_zstack(
     ramp = int(opts.get("ramp", 0)) if meth.blend else 0
     # ``tile`` is the deep methods' name for the block size.
     block = block_size or opts.get("block_size") or opts.get("tile")
-    auto = memory_block_size((h, w, c)) if not block and meth.kind == "classical" else None
+    # blocks by our choice only for methods that say what context a block needs
+    auto = memory_block_size((h, w, c)) if not block and meth.kind == "classical" and declares_halo(meth) else None
     block = int(block or auto or meth.default_block)
     if meth.prepare is not None:
         opts = meth.prepare(data, channel, dict(opts))

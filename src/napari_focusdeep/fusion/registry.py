@@ -17,6 +17,7 @@ __all__ = [
     "FrameAccumulator",
     "Method",
     "TileOutOfMemory",
+    "declares_halo",
     "register_method",
     "get_method",
     "list_methods",
@@ -26,6 +27,11 @@ __all__ = [
 class TileOutOfMemory(MemoryError):
     """Raised by an accumulator (``make``, ``add`` or ``finish``) that ran out of
     memory on its block; the driver retries the z-stack with half the block size."""
+
+
+def _undeclared_halo(**_: Any) -> int:
+    """``Method.halo``'s default: no context, but not declared by the method."""
+    return 0
 
 
 class FrameAccumulator(Protocol):
@@ -53,7 +59,10 @@ class Method:
         the block's ``(H, W, C)``.
     halo : callable
         ``halo(**options) -> int``: pixels of context each block needs on every side
-        so that block-wise fusion equals whole-image fusion.
+        so that block-wise fusion equals whole-image fusion. Declare it (``lambda **_: 0``
+        for a per-pixel method): a method that does not is fused in blocks only when
+        the caller asks for them, never by :func:`~napari_focusdeep.fusion.core.fuse`'s
+        choice when memory is short, since its blocks could show seams.
     align : callable
         ``align(**options) -> int``: block origins are multiples of this (pyramids need
         blocks aligned to their coarsest level).
@@ -84,7 +93,7 @@ class Method:
     name: str
     description: str
     make: Callable[..., FrameAccumulator]
-    halo: Callable[..., int] = lambda **_: 0
+    halo: Callable[..., int] = _undeclared_halo
     align: Callable[..., int] = lambda **_: 1
     kind: str = "classical"
     options: dict[str, Any] = field(default_factory=dict)
@@ -98,6 +107,11 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 _LOADED = False
 _LOAD_LOCK = threading.Lock()  # napari workers and batch threads may ask at once
+
+
+def declares_halo(method: Method) -> bool:
+    """Whether ``method`` says how much context its blocks need (see :class:`Method`)."""
+    return method.halo is not _undeclared_halo
 
 
 def register_method(method: Method) -> Method:
