@@ -133,3 +133,5 @@ def test_memory_benchmark_measures_a_real_fuse_and_fits_the_size_slope(tmp_path)
     assert memory.fit(rows[:1]) is None
     # a case with another number of frames (the big stack) is not a point on the size line
     assert memory.fit(rows + [{"ok": True, "frames": 200, "frame_float32_mib": 40, "peak_rss_mib": 9999}]) == f
+    # nor is a whole-image case that fell into blocks for lack of memory
+    assert memory.fit(rows + [{"ok": True, "frames": 10, "frame_float32_mib": 640, "peak_rss_mib": 500, "auto_blocks": True}]) == f
