@@ -372,6 +372,17 @@ def test_simulated_pairs_include_gray_and_8bit_bursts():
     assert not np.allclose(target * 255, np.rint(target * 255), atol=1e-4)  # the target stays exact
 
 
+def test_dark_fraction_dims_scenes_in_linear_light():
+    def means(**kw):
+        cfg = SimConfig(crop=32, frames=(3, 3), noise=False, gray_fraction=0.0, uint8_fraction=0.0, **kw)
+        rng = np.random.default_rng(3)
+        return np.array([simulated_pair(rng, cfg)[1].mean() for _ in range(12)])
+
+    bright, dark = means(dark_fraction=0.0), means(dark_fraction=1.0, min_exposure=0.01)
+    # exposure 1 down to 0.01 in linear light: a gamma-encoded factor 1 down to 0.12, median 0.35
+    assert np.median(dark) < 0.6 * np.median(bright)
+
+
 def test_read_noise_scale_raises_only_the_read_noise(tmp_path):
     from napari_focusdeep.training.data import draw_noise
 

@@ -59,6 +59,10 @@ class SimConfig:
     ISO, or a dim microscope), so the network meets heavier noise than the paper's range.
     A ``photo_fraction`` of bursts crop one of ``photos``; the others are procedural
     scenes of a kind drawn from ``scenes`` (:func:`~.simulate.synthetic_scene`).
+    A ``dark_fraction`` of scenes are dimmed before the noise goes in, by an exposure
+    log-uniform in ``[min_exposure, 1]`` in linear light: dim scenes (fluorescence,
+    short exposures) are where noise, clipped at black and gamma-encoded, biases every
+    frame the same way, so averaging frames cannot remove it and the network must learn to.
     """
 
     crop: int = 128
@@ -73,6 +77,8 @@ class SimConfig:
     gray_fraction: float = 0.2
     uint8_fraction: float = 0.5
     read_noise_scale: float = 1.0
+    dark_fraction: float = 0.25
+    min_exposure: float = 0.05
     photos: tuple[str, ...] = PHOTO_SOURCES + EXTRA_PHOTO_SOURCES
     scenes: tuple[str, ...] = SCENE_KINDS
     channels: int = 3
@@ -120,6 +126,9 @@ def simulated_pair(
         sharp, depth = synthetic_scene((s, s), channels=cfg.channels, kind=str(rng.choice(list(cfg.scenes))), seed=rng)
         if cfg.channels == 1:
             sharp = sharp[..., None]
+    if cfg.dark_fraction and rng.random() < cfg.dark_fraction:
+        exposure = float(np.exp(rng.uniform(np.log(cfg.min_exposure), 0.0)))
+        sharp = sharp * np.float32(exposure ** (1 / 2.2))  # the simulator's gamma (simulate.add_noise)
     noise = draw_noise(rng, cfg)
     sim = simulate_stack(
         sharp,
