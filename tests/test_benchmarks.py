@@ -135,3 +135,13 @@ def test_memory_benchmark_measures_a_real_fuse_and_fits_the_size_slope(tmp_path)
     assert memory.fit(rows + [{"ok": True, "frames": 200, "frame_float32_mib": 40, "peak_rss_mib": 9999}]) == f
     # nor is a whole-image case that fell into blocks for lack of memory
     assert memory.fit(rows + [{"ok": True, "frames": 10, "frame_float32_mib": 640, "peak_rss_mib": 500, "auto_blocks": True}]) == f
+
+
+def test_headroom_denoises_a_noisy_image_and_reports_the_gain():
+    from benchmarks.headroom import nlm_gain
+
+    rng = np.random.default_rng(0)
+    sharp = np.tile(np.linspace(0.2, 0.8, 64), (64, 1))
+    row = nlm_gain(np.clip(sharp + rng.normal(0, 0.05, sharp.shape), 0, 1), sharp)
+    assert 0.03 < row["sigma"] < 0.07
+    assert row["gain_db"] > 3 and row["psnr_nlm"] == pytest.approx(row["psnr"] + row["gain_db"])
