@@ -57,6 +57,21 @@ def test_dead_leaves_scene_occludes_with_depth():
     steps = dz > 0.05
     assert steps.mean() > 0.01
     assert np.median(di[steps]) > 3 * np.median(di[~steps])
+    # and the leaves on top are the near ones: a small flat region (a leaf seen whole) is
+    # nearer (smaller depth) than the ring just outside it
+    from scipy import ndimage
+
+    sharp, depth = synthetic_scene((128, 128), channels=3, kind="leaves", seed=7)
+    flat, count = ndimage.label(np.hypot(*np.gradient(depth)) < 0.02)
+    nearer = []
+    for i in range(1, count + 1):
+        region = flat == i
+        ys, xs = np.nonzero(region)
+        if not 4 <= region.sum() <= 150 or ys.min() == 0 or xs.min() == 0 or ys.max() == 127 or xs.max() == 127:
+            continue
+        ring = ndimage.binary_dilation(region, iterations=3) & ~ndimage.binary_dilation(region, iterations=1)
+        nearer.append(depth[region].mean() < depth[ring].mean())
+    assert len(nearer) >= 10 and np.mean(nearer) > 0.7, (len(nearer), np.mean(nearer))
     gray, _ = synthetic_scene((64, 64), channels=1, kind="leaves", seed=5)
     assert gray.shape == (64, 64)
     with pytest.raises(ValueError, match="leaves"):

@@ -25,7 +25,14 @@ from napari_focusdeep.training.data import (  # noqa: E402
     simulated_pair,
 )
 from napari_focusdeep.training.simulate import psf_kernel, simulate_stack, synthetic_scene  # noqa: E402
-from napari_focusdeep.training.train import TrainConfig, load_checkpoint, train  # noqa: E402
+from napari_focusdeep.training.train import (  # noqa: E402
+    MIX_2026_11_27,
+    TrainConfig,
+    build_parser,
+    config_from_args,
+    load_checkpoint,
+    train,
+)
 
 TINY = {"features": 8, "front_blocks": 1, "groups": 1, "blocks_per_group": 1}
 
@@ -370,6 +377,57 @@ def test_simulated_pairs_include_gray_and_8bit_bursts():
     burst, target = simulated_pair(np.random.default_rng(0), q, 3)
     assert np.allclose(burst * 255, np.rint(burst * 255), atol=1e-4) and not np.array_equal(burst[:, 0], burst[:, 2])
     assert not np.allclose(target * 255, np.rint(target * 255), atol=1e-4)  # the target stays exact
+
+
+def test_resuming_with_other_simulated_data_is_refused(tmp_path):
+    """Another data mix means another validation set: its best score would not compare."""
+    train(tiny_cfg(steps=1), tmp_path, val=sim_val(1), log=lambda s: None)
+    with pytest.raises(ValueError, match="dark_fraction was 0.25"):
+        train(tiny_cfg(steps=2, dark_fraction=0.0), tmp_path, val=sim_val(1), log=lambda s: None)
+    # a checkpoint from before the mix was recorded holds the old mix
+    meta_path = tmp_path / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("photos", "scenes", "dark_fraction"):
+        del meta["config"][key]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="photos was"):
+        train(tiny_cfg(steps=2), tmp_path, val=sim_val(1), log=lambda s: None)
+    res = train(tiny_cfg(steps=2, **MIX_2026_11_27), tmp_path, val=sim_val(1), log=lambda s: None)
+    assert res.step == 2
+    record = json.loads(res.weights.with_suffix(".json").read_text())["training"]
+    assert record["dark_fraction"] == 0.0 and record["scenes"] == list(MIX_2026_11_27["scenes"])
+
+
+def test_data_mix_options_on_the_command_line():
+    args = build_parser().parse_args(["-o", "x", "--photos", "moon, coins", "--scenes", "leaves", "--dark-fraction", "0"])
+    cfg = config_from_args(args)
+    assert cfg.photos == ("moon", "coins") and cfg.scenes == ("leaves",) and cfg.dark_fraction == 0.0
+    default = config_from_args(build_parser().parse_args(["-o", "x"]))
+    assert default.photos == TrainConfig().photos and default.dark_fraction == 0.25
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(dark_fraction=1.5), "dark_fraction"),
+    (dict(min_exposure=0.0), "min_exposure"),
+    (dict(scenes=("bubbles",)), "bubbles"),
+    (dict(scenes=()), "scene kinds"),
+])
+def test_sim_config_refuses_bad_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SimConfig(**bad)
+
+
+def test_pictures_smaller_than_the_crop_are_enlarged():
+    cfg = SimConfig(crop=200, frames=(3, 3), photos=("page",), photo_fraction=1.0, noise=False)
+    burst, target = simulated_pair(np.random.default_rng(0), cfg)
+    assert burst.shape == (3, 3, 200, 200) and target.shape == (3, 200, 200)
+
+
+def test_dim_scales_linear_light():
+    from napari_focusdeep.training.data import dim
+
+    x = np.linspace(0, 1, 11, dtype=np.float32)
+    np.testing.assert_allclose(dim(x, 0.1) ** 2.2, 0.1 * x**2.2, rtol=1e-5, atol=1e-7)
 
 
 def test_dark_fraction_dims_scenes_in_linear_light():

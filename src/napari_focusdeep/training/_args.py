@@ -53,6 +53,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--read-noise-scale", type=float, default=1.0, metavar="FACTOR",
         help="simulated bursts: read noise variance up to FACTOR times Brooks et al.'s (default 1)",
     )
+    p.add_argument(
+        "--photos", default=None, metavar="NAMES",
+        help="simulated bursts: comma-separated scikit-image picture names or image files to crop "
+        "(default: the training set of napari_focusdeep.training.data)",
+    )
+    p.add_argument(
+        "--scenes", default=None, metavar="KINDS",
+        help="simulated bursts: comma-separated procedural scene kinds (mixed, fractal, cells, fibres, text, leaves; default all)",
+    )
+    p.add_argument(
+        "--dark-fraction", type=float, default=None, metavar="F",
+        help="simulated bursts: the fraction of scenes dimmed before the noise goes in (default 0.25)",
+    )
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--val-count", type=int, default=16)
     p.add_argument("--patience", type=int, default=None, help="early stop after this many validations without gain")

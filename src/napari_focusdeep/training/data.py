@@ -16,13 +16,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from .folder import TrainingFolder, load_training_folder, make_pseudo_gt
-from .simulate import NOISE_PRESETS, NoiseLevel, add_noise, image_source, sample_noise, simulate_stack, synthetic_scene
+from .simulate import (
+    NOISE_PRESETS,
+    SCENE_NAMES,
+    NoiseLevel,
+    add_noise,
+    image_source,
+    sample_noise,
+    simulate_stack,
+    synthetic_scene,
+)
 
 __all__ = [
     "SimConfig",
+    "dim",
     "simulated_pair",
     "simulated_batches",
     "simulated_raw_pair",
@@ -84,6 +95,19 @@ class SimConfig:
     channels: int = 3
     _photo_cache: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.dark_fraction <= 1:
+            raise ValueError(f"dark_fraction must be in [0, 1], got {self.dark_fraction!r}")
+        if not 0 < self.min_exposure <= 1:
+            raise ValueError(f"min_exposure must be in (0, 1], got {self.min_exposure!r}")
+        unknown = [k for k in self.scenes if k not in SCENE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown scene kind(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SCENE_NAMES)}")
+        if not self.scenes and not (self.photos and self.photo_fraction >= 1):
+            raise ValueError("no scene kinds given: give some, or photos with photo_fraction 1")
+        if not self.photos and self.photo_fraction > 0 and not self.scenes:
+            raise ValueError("neither photos nor scene kinds to draw from")
+
 
 def draw_noise(rng: np.random.Generator, cfg: SimConfig) -> NoiseLevel | None:
     """A simulated burst's noise: none for ``cfg.noise_free_fraction`` of bursts,
@@ -94,6 +118,12 @@ def draw_noise(rng: np.random.Generator, cfg: SimConfig) -> NoiseLevel | None:
     if cfg.read_noise_scale > 1:
         noise = NoiseLevel(noise.shot, noise.read * float(np.exp(rng.uniform(0, np.log(cfg.read_noise_scale)))))
     return noise
+
+
+def dim(sharp: np.ndarray, exposure: float, gamma: float = 2.2) -> np.ndarray:
+    """A gamma-encoded image as if exposed ``exposure`` times as long: scaled in linear
+    light, with the simulator's gamma (:func:`~.simulate.add_noise`)."""
+    return sharp * np.float32(exposure ** (1 / gamma))
 
 
 def _photo(name: str, cache: dict) -> np.ndarray:
@@ -115,6 +145,10 @@ def simulated_pair(
     n = int(n_frames or rng.integers(cfg.frames[0], cfg.frames[1] + 1))
     if cfg.photos and rng.random() < cfg.photo_fraction:
         img = _photo(str(rng.choice(cfg.photos)), cfg._photo_cache)
+        if min(img.shape[:2]) < s:  # a small picture (page is 191 high) is enlarged to fit the crop
+            k = s / min(img.shape[:2])
+            size = (max(s, int(np.ceil(img.shape[1] * k))), max(s, int(np.ceil(img.shape[0] * k))))
+            img = np.clip(cv2.resize(img, size, interpolation=cv2.INTER_CUBIC), 0, 1)
         h, w = img.shape[:2]
         y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
         sharp = img[y : y + s, x : x + s]
@@ -127,8 +161,7 @@ def simulated_pair(
         if cfg.channels == 1:
             sharp = sharp[..., None]
     if cfg.dark_fraction and rng.random() < cfg.dark_fraction:
-        exposure = float(np.exp(rng.uniform(np.log(cfg.min_exposure), 0.0)))
-        sharp = sharp * np.float32(exposure ** (1 / 2.2))  # the simulator's gamma (simulate.add_noise)
+        sharp = dim(sharp, float(np.exp(rng.uniform(np.log(cfg.min_exposure), 0.0))))
     noise = draw_noise(rng, cfg)
     sim = simulate_stack(
         sharp,

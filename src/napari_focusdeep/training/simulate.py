@@ -195,8 +195,8 @@ def _text(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 
 def _dead_leaves(shape: tuple[int, int], channels: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Dead leaves: occluding discs with power-law radii, each a flat colour plus its own
-    grain (fractal noise of random roughness), ``(H, W, channels)`` in about [0, 1], and
+    """Dead leaves: occluding discs and ellipses with power-law radii, each a flat colour
+    plus grain (one of three fractal noise fields of random roughness), ``(H, W, channels)`` in about [0, 1], and
     its depth map: each leaf nearer than those it covers, so the occlusion edges of the
     picture are the depth edges the simulator blurs across.
 
@@ -210,14 +210,12 @@ def _dead_leaves(shape: tuple[int, int], channels: int, rng: np.random.Generator
     hh, ww = h * up, w * up
     grains = [_fractal((hh, ww), rng, beta=float(rng.uniform(0.2, 2.2))) - 0.5 for _ in range(3)]
 
-
     def colour() -> np.ndarray:  # a grey level with some colour: natural channels correlate
         return (rng.uniform(0, 1) + rng.normal(0, 0.15, channels)).astype(np.float32)
 
     img = np.empty((hh, ww, channels), np.float32)
     img[:] = colour() + float(rng.uniform(0, 0.6)) * grains[0][..., None]
     rmin, rmax = 1.0 * up, 0.6 * max(hh, ww)
-    mask = np.zeros((hh, ww), np.uint8)
     big = int(rng.integers(3, 9))  # a few large leaves first, so small ones rarely show the background
     count = big + int(rng.integers(150, 500))
     depth = np.ones((hh, ww), np.float32)
@@ -229,17 +227,21 @@ def _dead_leaves(shape: tuple[int, int], channels: int, rng: np.random.Generator
         else:  # radii with density ~ r^-3 between rmin and rmax (inverse transform sampling)
             u = rng.random()
             r = (rmin**-2 - u * (rmin**-2 - rmax**-2)) ** -0.5
-        mask[:] = 0
-        centre = (int(rng.integers(0, ww)), int(rng.integers(0, hh)))
+        cx, cy = int(rng.integers(0, ww)), int(rng.integers(0, hh))
+        # each leaf is drawn in its bounding box only: most are a few pixels across
+        rad = int(round(r))
+        y0, y1, x0, x1 = max(0, cy - rad), min(hh, cy + rad + 1), max(0, cx - rad), min(ww, cx + rad + 1)
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
         if rng.random() < 0.5:
-            cv2.circle(mask, centre, int(round(r)), 1, -1)
+            cv2.circle(mask, (cx - x0, cy - y0), rad, 1, -1)
         else:
-            axes = (int(round(r)), max(1, int(round(r * rng.uniform(0.2, 1.0)))))
-            cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+            axes = (rad, max(1, int(round(r * rng.uniform(0.2, 1.0)))))
+            cv2.ellipse(mask, (cx - x0, cy - y0), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
         sel = mask.astype(bool)
         amp = float(rng.uniform(0, 0.6))
-        img[sel] = colour() + amp * grains[int(rng.integers(0, 3))][sel][:, None]
-        depth[sel] = leaf_depth[i]
+        box = (slice(y0, y1), slice(x0, x1))
+        img[box][sel] = colour() + amp * grains[int(rng.integers(0, 3))][box][sel][:, None]
+        depth[box][sel] = leaf_depth[i]
     img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, channels)
     depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
     depth = depth + 0.1 * _fractal(shape, rng, beta=4.0)  # leaves are not quite flat
@@ -250,6 +252,8 @@ def _dead_leaves(shape: tuple[int, int], channels: int, rng: np.random.Generator
 _TEXTURES = {"fractal": _fractal, "cells": _cells, "fibres": _fibres, "text": _text}
 #: Scene kinds drawn as a whole rather than blended per channel ("mixed" leaves them out).
 _SCENES = {"leaves": _dead_leaves}
+#: Every ``kind`` :func:`synthetic_scene` draws.
+SCENE_NAMES = ("mixed", *_TEXTURES, *_SCENES)
 
 
 def synthetic_scene(
@@ -267,8 +271,8 @@ def synthetic_scene(
     channels : int
         1 for gray (returned as ``(H, W)``), 3 for RGB, or any count.
     kind : {"mixed", "fractal", "cells", "fibres", "text", "leaves"}
-        Texture family; ``"mixed"`` blends the first five; ``"leaves"`` is a
-        dead-leaves scene (occluding discs, each with its own grain).
+        Texture family; ``"mixed"`` blends the four textures; ``"leaves"`` is a
+        dead-leaves scene (occluding discs with grain, its own depth map).
     seed : int or Generator
 
     Returns

@@ -36,7 +36,18 @@ import torch
 import torch.nn.functional as F
 
 from ._args import add_train_arguments
-from .data import SimConfig, StackCrops, load_training_folder, psnr, simulated_pair, simulated_raw_pair, validation_set
+from .data import (
+    EXTRA_PHOTO_SOURCES,
+    PHOTO_SOURCES,
+    SCENE_KINDS,
+    SimConfig,
+    StackCrops,
+    load_training_folder,
+    psnr,
+    simulated_pair,
+    simulated_raw_pair,
+    validation_set,
+)
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "train", "l1_border_loss", "main"]
 
@@ -59,7 +70,11 @@ class TrainConfig:
     linear camera RGB out); ``init_weights="auto"`` then starts it from the
     architecture's shipped RGB weights (see :mod:`napari_focusdeep.models.raw_init`).
     ``read_noise_scale``: simulated bursts' read noise reaches this many times Brooks
-    et al.'s (see :class:`~napari_focusdeep.training.data.SimConfig`).
+    et al.'s. ``photos``, ``scenes`` and ``dark_fraction``: the simulated data's mix of
+    pictures, procedural scene kinds and dimmed scenes (see
+    :class:`~napari_focusdeep.training.data.SimConfig`; the weights shipped before
+    2026-11-28 were trained with ``photos=PHOTO_SOURCES``, the first five
+    ``SCENE_KINDS`` and ``dark_fraction=0``: :data:`MIX_2026_11_27`).
     """
 
     architecture: str = "focusdeep-any"
@@ -92,7 +107,15 @@ class TrainConfig:
     register: bool = True
     raw: bool = False
     read_noise_scale: float = 1.0
+    photos: tuple[str, ...] = PHOTO_SOURCES + EXTRA_PHOTO_SOURCES
+    scenes: tuple[str, ...] = SCENE_KINDS
+    dark_fraction: float = 0.25
 
+
+#: The simulated data mix of the weights trained before 2026-11-28 (TrainConfig fields).
+MIX_2026_11_27 = {"photos": PHOTO_SOURCES, "scenes": SCENE_KINDS[:5], "dark_fraction": 0.0}
+#: TrainConfig fields that define the simulated data (and so the validation set).
+_SIM_FIELDS = ("crop", "frames", "noise", "read_noise_scale", "photos", "scenes", "dark_fraction")
 
 #: Model arguments a raw run always uses: 4 packed planes in, RGB out.
 RAW_MODEL = {"stem": "raw", "in_channels": 4, "out_channels": 3}
@@ -410,6 +433,11 @@ def train(
         raise ValueError(f"clock must be 'wall' or 'cpu', not {cfg.clock!r}")
     if not cfg.read_noise_scale >= 1:
         raise ValueError(f"read_noise_scale must be at least 1, got {cfg.read_noise_scale!r}")
+    # the simulated data's options are checked before anything is written
+    sim = SimConfig(
+        crop=cfg.crop, frames=tuple(cfg.frames), noise=bool(cfg.noise), read_noise_scale=cfg.read_noise_scale,
+        photos=tuple(cfg.photos), scenes=tuple(cfg.scenes), dark_fraction=float(cfg.dark_fraction),
+    )
     out = Path(out_dir)
     ckpt = out / "checkpoint.safetensors"
     if resume and not ckpt.exists() and (out / f"{cfg.architecture}.safetensors").exists():
@@ -500,12 +528,13 @@ def train(
         saved_arch = meta.get("config", {}).get("architecture", cfg.architecture)
         if saved_arch != cfg.architecture:
             raise ValueError(f"{ckpt} is a {saved_arch} run, not {cfg.architecture}; use another folder or --no-resume")
+        if crops is None and batches is None:
+            _check_same_mix(meta.get("config", {}), cfg, ckpt)
         step, best, history = meta["step"], meta.get("best_psnr"), meta.get("history", [])
         elapsed_before = meta.get("elapsed", 0.0)
         clock_before = meta.get("clock_elapsed", elapsed_before)
         bad_vals = int(meta.get("bad_vals", 0))
         say(f"resumed from step {step}")
-    sim = SimConfig(crop=cfg.crop, frames=tuple(cfg.frames), noise=bool(cfg.noise), read_noise_scale=cfg.read_noise_scale)
     if val is None:
         val = validation_set(cfg.val_count, sim, fixed_frames=cfg.fixed_frames, raw=cfg.raw)
     wcfg_extra = {"init": str(init.name) if init is not None else None}
@@ -664,6 +693,23 @@ def _check_raw(cfg: TrainConfig, batches: Any) -> None:
         raise ValueError(f"{cfg.architecture} has no raw input stem; use focusdeep-any or focusdeep")
 
 
+def _check_same_mix(saved: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
+    """Refuse to resume a simulated run with other data: its validation set, and so its
+    best score, would not be comparable. Checkpoints older than the data-mix fields
+    were made with :data:`MIX_2026_11_27`."""
+    now = asdict(cfg)
+    differ = []
+    for key in _SIM_FIELDS:
+        if key not in saved and key not in MIX_2026_11_27:
+            continue
+        was = saved.get(key, MIX_2026_11_27.get(key))
+        if (list(was) if isinstance(was, (list, tuple)) else was) != (list(now[key]) if isinstance(now[key], (list, tuple)) else now[key]):
+            differ.append(f"{key} was {was!r}")
+    if differ:
+        raise ValueError(f"{ckpt} was made with other simulated data ({'; '.join(differ)}); "
+                         "give the same options, or use another folder or --no-resume")
+
+
 def _weights_config(
     cfg: TrainConfig, model: torch.nn.Module, step: int, best: float | None, history: list, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -692,6 +738,10 @@ def _weights_config(
             "frames": list(cfg.frames) if not cfg.fixed_frames else [cfg.fixed_frames, cfg.fixed_frames],
             "lr": cfg.lr,
             "seed": cfg.seed,
+            **({} if cfg.data or extra.get("data") else {
+                "photos": list(cfg.photos), "scenes": list(cfg.scenes), "dark_fraction": cfg.dark_fraction,
+                "read_noise_scale": cfg.read_noise_scale,
+            }),
             "freeze": list(cfg.freeze),
             "val_psnr": best,
             "device": str(next(model.parameters()).device),
@@ -729,7 +779,20 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         data=str(data) if data else None, pseudo_gt=None if pseudo in (None, "none") else pseudo,
         reference=_reference_arg(getattr(a, "reference", "middle")), register=not getattr(a, "no_register", False),
         clock=getattr(a, "clock", "wall"), freeze=freeze, raw=bool(getattr(a, "raw", False)),
+        **_mix_args(a),
     )
+
+
+def _mix_args(a: argparse.Namespace) -> dict[str, Any]:
+    """``--photos``, ``--scenes`` and ``--dark-fraction`` as TrainConfig fields (only those given)."""
+    out: dict[str, Any] = {}
+    for key in ("photos", "scenes"):
+        value = getattr(a, key, None)
+        if value is not None:
+            out[key] = tuple(x.strip() for x in value.split(",") if x.strip())
+    if getattr(a, "dark_fraction", None) is not None:
+        out["dark_fraction"] = float(a.dark_fraction)
+    return out
 
 
 #: Peak learning rates: pre-training, and fine-tuning from weights (a higher rate first
