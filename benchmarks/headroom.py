@@ -6,8 +6,8 @@ averages noise away wherever frames agree. This script measures what a well-know
 single-image denoiser adds on top of it: scikit-image's non-local means on the
 ``pyramid`` result, with its noise level estimated from that result
 (``estimate_sigma``) and the filter strength ``h`` chosen *per stack with the ground
-truth* among ``0.6, 0.8, 1.0`` x sigma, an optimistic (oracle-tuned) figure for this
-denoiser. It is a yardstick for the deep model's denoising, not a fusion method.
+truth* among :data:`STRENGTHS` x sigma, 0 meaning no denoising: an optimistic
+(oracle-tuned) figure for this denoiser, never below ``pyramid`` itself. It is a yardstick for the deep model's denoising, not a fusion method.
 
 Usage::
 
@@ -26,7 +26,8 @@ import numpy as np
 from ._common import RESULTS_DIR, fmt_table, log, machine, scores, write_json
 from .quality import STACKS, render
 
-STRENGTHS = (0.6, 0.8, 1.0)
+#: ``h / sigma`` tried per stack; 0 leaves the image as it is.
+STRENGTHS = (0.0, 0.4, 0.6, 0.8, 1.0, 1.4, 2.0)
 
 
 def nlm_gain(image: np.ndarray, sharp: np.ndarray) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def nlm_gain(image: np.ndarray, sharp: np.ndarray) -> dict[str, Any]:
     before = scores(image, sharp)[0]
     after = {
         k: scores(denoise_nl_means(image, h=k * sigma, sigma=sigma, patch_size=5, patch_distance=6,
-                                   fast_mode=True, channel_axis=axis), sharp)[0]
+                                   fast_mode=True, channel_axis=axis), sharp)[0] if k else before
         for k in STRENGTHS
     }
     best = max(after, key=after.get)

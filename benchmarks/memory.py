@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -38,7 +39,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._common import RESULTS_DIR, fmt_table, log, machine, write_json
-from napari_focusdeep.fusion.core import memory_block_size
 
 MiB = 2**20
 GROUPS = ("frames", "size", "blocks", "big")
@@ -77,13 +77,14 @@ def measure(stack: Path, out: Path, timeout: float, extra: Sequence[str] = ()) -
     from .peers import PeerError, _exe, run_measured
 
     try:
-        seconds, peak, _ = run_measured([_exe("focusdeep"), "fuse", str(stack), "-o", str(out), "--overwrite", *extra],
+        seconds, peak, output = run_measured([_exe("focusdeep"), "fuse", str(stack), "-o", str(out), "--overwrite", *extra],
                                         timeout=timeout, mem_cap=None, poll=0.02)
     except PeerError as exc:
         return {"ok": False, "error": str(exc)}
     finally:
         out.unlink(missing_ok=True)
-    return {"ok": True, "seconds": seconds, "peak_rss_mib": peak / MiB}
+    found = re.search(r"in (\d+) blocks of", output)
+    return {"ok": True, "seconds": seconds, "peak_rss_mib": peak / MiB, "blocks": int(found.group(1)) if found else 1}
 
 
 def run_case(
@@ -92,14 +93,14 @@ def run_case(
     path = work / f"stack-{n}x{shape[1]}x{shape[0]}.tif"
     log(f"writing {path.name}")
     write_tiff_stack(path, n, shape)
-    # Whole-image cases fall into blocks by themselves on a machine with too little free
-    # memory (fuse's memory_block_size); say so, and leave them out of the whole-image fit.
-    auto_blocks = not extra and memory_block_size((shape[0], shape[1], 3)) is not None
-    if auto_blocks:
-        log("  too little free memory here for the whole image: fuse will use blocks")
     log(f"fusing {path.name} {' '.join(extra)}")
     res = measure(path, work / "out.tif", timeout, extra)
-    res["auto_blocks"] = auto_blocks
+    # Whole-image cases fall into blocks by themselves on a machine with too little free
+    # memory (fuse's memory_block_size); the CLI says so, and such a case is left out of
+    # the whole-image fit.
+    res["auto_blocks"] = bool(res.get("blocks", 1) > 1 and not extra)
+    if res["auto_blocks"]:
+        log(f"  too little free memory here for the whole image: fuse used {res['blocks']} blocks")
     frame_f32 = shape[0] * shape[1] * 3 * 4
     res.update(frames=n, shape=list(shape), args=list(extra), megapixels=shape[0] * shape[1] / 1e6,
                file_mib=path.stat().st_size / MiB, frame_float32_mib=frame_f32 / MiB)

@@ -125,8 +125,9 @@ def test_memory_benchmark_measures_a_real_fuse_and_fits_the_size_slope(tmp_path)
     res = memory.measure(path, tmp_path / "out.tif", timeout=300)
     assert res["ok"] and res["seconds"] > 0 and res["peak_rss_mib"] > 20
     assert not (tmp_path / "out.tif").exists()
+    assert res["blocks"] == 1
     blocked = memory.measure(path, tmp_path / "out.tif", timeout=300, extra=("--block-size", "32"))
-    assert blocked["ok"], blocked
+    assert blocked["ok"] and blocked["blocks"] > 1, blocked  # read from the CLI's last line
     rows = [{"ok": True, "frames": 10, "frame_float32_mib": x, "peak_rss_mib": 200 + 3 * x} for x in (10, 40, 160)]
     f = memory.fit(rows)
     assert abs(f["frames_of_float32"] - 3) < 1e-6 and abs(f["constant_mib"] - 200) < 1e-6

@@ -204,7 +204,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         write_image(Path(args.depth_map), depth, scale=result.scale, unit=result.unit, overwrite=args.overwrite)
     if args.save_transforms and result.transforms is not None:
         result.transforms.save(args.save_transforms)
-    print(f"wrote {out} ({result.method}, {stack.n_frames} frames)", file=sys.stderr)
+    blocks = int(result.info.get("blocks", 1))
+    how = f", in {blocks} blocks of {result.info.get('block_size')} px" if blocks > 1 else ""
+    print(f"wrote {out} ({result.method}, {stack.n_frames} frames{how})", file=sys.stderr)
     return 0
 
 
