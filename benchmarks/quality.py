@@ -39,7 +39,11 @@ import numpy as np
 
 from ._common import RESULTS_DIR, fmt_table, log, machine, scores, write_json
 
-CLASSICAL = ("pyramid", "laplacian", "wavelet")
+CLASSICAL = ("pyramid", "laplacian", "wavelet", "pyramid-max")
+#: Methods with non-default options, scored as methods of their own: ``pyramid-max`` is
+#: ``pyramid`` with ``noise=0``, the classical hard max selection of the paper's baselines
+#: and of most focus-stacking tools (ours averages where no frame stands above the noise).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"pyramid-max": ("pyramid", {"noise": 0.0})}
 DEEP = ("focusdeep-any", "focusdeep", "unet")
 NOISE_GROUPS = ("none", "low", "medium", "high")
 SEED_BASE = 20_000  # training uses seeds < 10 000, its validation set 10 000
@@ -151,7 +155,7 @@ def available_methods(requested: Sequence[str] | None, weights: dict[str, str]) 
     use, skipped = [], {}
     for name in names:
         try:
-            meth = get_method(name)
+            meth = get_method(VARIANTS.get(name, (name, {}))[0])
             if meth.kind == "deep":
                 # resolves the weights (installed default or the one given) and reads its config
                 meth.halo(**{**meth.options, "weights": weights.get(name)})
@@ -168,7 +172,8 @@ def fuse_scored(sim: Any, spec: StackSpec, method: str, weights: dict[str, str])
     from napari_focusdeep.fusion.core import to_float
     from napari_focusdeep.fusion.registry import get_method
 
-    opts: dict[str, Any] = {}
+    method, opts = VARIANTS.get(method, (method, {}))
+    opts = dict(opts)
     if get_method(method).kind == "deep":
         opts["device"] = "cpu"
         if method in weights:

@@ -65,6 +65,14 @@ def test_quality_run_scores_fusion_above_a_single_frame(tmp_path):
     assert res["targets"] == {}  # no focusdeep-any scored, no target claimed
 
 
+def test_quality_scores_the_max_selection_pyramid_as_a_method_of_its_own(tmp_path):
+    res = quality.run(methods=["pyramid", "pyramid-max"], size=64, stacks=["text-rgb8"], out=tmp_path / "q.json")
+    scored = res["stacks"][0]["results"]
+    # at high noise, averaging where no frame stands out beats hard max selection
+    assert scored["pyramid"]["psnr"] > scored["pyramid-max"]["psnr"] + 1
+    assert res["summary"]["all"]["best_classical"] == "pyramid"
+
+
 def test_summary_and_targets_from_known_numbers():
     def rec(noise, pyr, lap, deep):
         return {"spec": {"noise": noise, "channels": 3, "breathing": 0.0, "source": "camera"},
