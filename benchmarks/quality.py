@@ -15,7 +15,8 @@ and the whole set must run in minutes. ``--size`` renders larger ones.
 
 Every method fuses every stack with
 ``fuse(frames, method=..., register=breathing > 0, reference=sim.reference, device="cpu")``
-and is scored on the central 80 % (PSNR and SSIM from ``skimage.metrics``, data range 1).
+and is scored on the central 80 % (PSNR and SSIM from ``skimage.metrics``, data range 1;
+``bias``, the mean of result minus ground truth, is recorded beside them).
 
 Usage::
 
@@ -37,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import RESULTS_DIR, fmt_table, log, machine, scores, write_json
+from ._common import RESULTS_DIR, central, fmt_table, log, machine, scores, write_json
 
 CLASSICAL = ("pyramid", "laplacian", "wavelet", "pyramid-max")
 #: Methods with non-default options, scored as methods of their own: ``pyramid-max`` is
@@ -181,8 +182,11 @@ def fuse_scored(sim: Any, spec: StackSpec, method: str, weights: dict[str, str])
     t = time.perf_counter()
     res = fuse(sim.frames, method=method, register=spec.register, reference=sim.reference, **opts)
     seconds = time.perf_counter() - t
-    psnr, ssim = scores(to_float(res.image), sim.sharp)
-    return {"psnr": psnr, "ssim": ssim, "seconds": seconds}
+    image = to_float(res.image)
+    psnr, ssim = scores(image, sim.sharp)
+    # the mean error shows a bias (dark noisy stacks: noise clipped at black, then gamma)
+    bias = float(np.mean(central(np.clip(image, 0, 1), 0.8) - central(np.asarray(sim.sharp, np.float32), 0.8)))
+    return {"psnr": psnr, "ssim": ssim, "bias": bias, "seconds": seconds}
 
 
 def _mean(values: list[float]) -> float | None:
