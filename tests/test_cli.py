@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,16 @@ def test_fuse_frame_files_and_png_output(frames_dir, tmp_path):
     out = tmp_path / "fused.png"
     assert main(["fuse", *files, "-o", str(out), "--method", "laplacian", "--no-register"]) == 0
     assert out.exists()
+
+
+def test_fuse_says_when_it_fused_in_blocks(frames_dir, tmp_path, capsys):
+    out = tmp_path / "fused.tif"
+    assert main(["fuse", str(frames_dir), "-o", str(out), "--no-register"]) == 0
+    assert "blocks" not in capsys.readouterr().err
+    assert main(["fuse", str(frames_dir), "-o", str(out), "--no-register", "--overwrite", "--block-size", "48"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    found = re.search(r"in (\d+) blocks of 48 px\)$", last)
+    assert last.startswith(f"wrote {out}") and found and int(found.group(1)) > 1, last
 
 
 def test_existing_output_is_not_overwritten(frames_dir, tmp_path, capsys):
