@@ -11,7 +11,9 @@ TRAIN_MINUTES=${TRAIN_MINUTES:-6.5}
 # continued from the shipped weights; ANY_INIT=none trains from scratch
 ANY_MODEL=${ANY_MODEL:-'{"features": 32, "front_blocks": 1, "groups": 2, "blocks_per_group": 2, "align": false, "base": "pyramid", "scale": 2, "noise_input": true}'}
 ANY_INIT=${ANY_INIT:-focusdeep-any}
-FIXED_MODEL=${FIXED_MODEL:-'{"features": 32, "front_blocks": 2, "groups": 2, "blocks_per_group": 2, "n_frames": 8}'}
+# the paper's fixed-length network, also as a correction of the pyramid (full resolution, with alignment)
+FIXED_MODEL=${FIXED_MODEL:-'{"features": 32, "front_blocks": 2, "groups": 2, "blocks_per_group": 2, "n_frames": 8, "base": "pyramid", "noise_input": true}'}
+FIXED_INIT=${FIXED_INIT:-focusdeep}
 ANY_WORKERS=${ANY_WORKERS:-9}
 FIXED_WORKERS=${FIXED_WORKERS:-5}
 DEVICE=${DEVICE:-cuda}
@@ -31,8 +33,8 @@ python3 -m napari_focusdeep.training.train -o "$OUT/any" --architecture focusdee
     --frames 3 16 --read-noise-scale 8 --steps 100000 --minutes "$TRAIN_MINUTES" --batch-size 8 --lr 4e-4 --val-every 250 --val-count 24 \
     --workers "$ANY_WORKERS" --device "$DEVICE" --seed 1 > "$LOGS/any.log" 2>&1 &
 pid_any=$!
-python3 -m napari_focusdeep.training.train -o "$OUT/fixed" --architecture focusdeep --model "$FIXED_MODEL" \
-    --fixed-frames 8 --steps 100000 --minutes "$TRAIN_MINUTES" --batch-size 8 --lr 4e-4 --val-every 250 --val-count 24 \
+python3 -m napari_focusdeep.training.train -o "$OUT/fixed" --architecture focusdeep --model "$FIXED_MODEL" --init "$FIXED_INIT" \
+    --fixed-frames 8 --read-noise-scale 8 --steps 100000 --minutes "$TRAIN_MINUTES" --batch-size 8 --lr 4e-4 --val-every 250 --val-count 24 \
     --workers "$FIXED_WORKERS" --device "$DEVICE" --seed 2 > "$LOGS/fixed.log" 2>&1 &
 pid_fixed=$!
 wait $pid_any; echo "focusdeep-any exit $?"; tail -5 "$LOGS/any.log"

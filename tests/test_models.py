@@ -360,6 +360,105 @@ def test_training_widens_weights_without_noise_input(tmp_path):
     assert W.read_config(res.weights)["kwargs"]["noise_input"] is True
 
 
+# -- the paper's FocusDeep on the pyramid base ------------------------------------------------
+FD_BASED = dict(TINY, base="pyramid", noise_input=True)
+
+
+def _visible(model):
+    """A network whose correction shows (the output layers start near zero)."""
+    with torch.no_grad():
+        model.head.last.parametrizations.weight.original0.mul_(100)
+        model.fusion.parametrizations.weight.original1[:, -1:].normal_(0, 1.0)
+    return model
+
+
+def test_focusdeep_on_the_pyramid_base_starts_there_and_streams_as_forward():
+    from napari_focusdeep.models.focusdeep_any import burst_noise, pyramid_base
+
+    model = _tiny("focusdeep", n_frames=4, **FD_BASED).eval()
+    assert model.multiple == 8 and model.config["base"] == "pyramid" and model.config["noise_input"] is True
+    assert "base" not in _tiny("focusdeep", n_frames=4).config  # older weights' configs unchanged
+    x = _burst(2, 4, 30, 26)
+    with torch.no_grad():
+        assert (model(x) - pyramid_base(x)).abs().max() < 0.02
+        _visible(model)
+        ref = model(x)
+        assert (ref - pyramid_base(x)).abs().max() > 0.05
+        stream = model.stream((2, 3, 30, 26), noise=burst_noise(x))
+        stream.push(x[:, 0], repeat=2)  # a repeated slot goes into the base twice, as forward sees it
+        stream.push(x[:, 2])
+        stream.push(x[:, 3])
+        rep = model(x[:, [0, 0, 2, 3]])
+        assert torch.allclose(stream.finish(), rep, atol=1e-5)
+        stream = model.stream((2, 3, 30, 26), noise=burst_noise(x))
+        for i in range(4):
+            stream.push(x[:, i])
+        assert torch.allclose(stream.finish(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(base="median"), "base must be None or 'pyramid'"),
+    (dict(base="pyramid", stem="raw", in_channels=4), "needs the rgb stem"),
+    (dict(base="pyramid", base_levels=0), "base_levels must be"),
+    (dict(noise_input=True), "noise_input needs base='pyramid'"),
+])
+def test_focusdeep_base_options_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("focusdeep", n_frames=4, **{**TINY, **kw})
+
+
+def test_focusdeep_base_halo_adds_the_pyramid_context():
+    from napari_focusdeep.fusion.pyramid import pyramid_halo
+    from napari_focusdeep.models.receptive import model_halo, receptive_radius
+
+    plain = dict(TINY, n_frames=4)
+    based = dict(plain, base="pyramid")
+    assert receptive_radius("focusdeep", **based) == receptive_radius("focusdeep", **plain)
+    assert model_halo("focusdeep", **based) == model_halo("focusdeep", **plain) + pyramid_halo(levels=3)
+
+
+def test_focusdeep_base_tiles_equal_whole_and_sees_skipped_frames(tmp_path):
+    model = _visible(_tiny("focusdeep", n_frames=4, **FD_BASED))
+    path = str(tmp_path / "fd.safetensors")
+    W.save_weights(model, path)
+    stack = _stack(n=4, h=70, w=90) * 0.6 + np.random.default_rng(1).normal(0, 0.05, (4, 70, 90, 3)).astype(np.float32)
+    whole = fuse(stack, method="focusdeep", weights=path, register=False, tile=4096, device="cpu")
+    tiled = fuse(stack, method="focusdeep", weights=path, register=False, tile=24, ramp=4, device="cpu")
+    assert tiled.info["blocks"] > 1 and np.abs(whole.image - tiled.image).max() < 1e-3
+    # 9 frames on 4 slots: resampling skips frames 1, 2, 4, 6 and 7, which hold the only
+    # detail; an untrained network is the pyramid of all 9 frames, not of the 4 slots'
+    fresh = _tiny("focusdeep", n_frames=4, **FD_BASED)
+    W.save_weights(fresh, path)
+    rng = np.random.default_rng(2)
+    long = np.full((9, 48, 48, 3), 0.5, np.float32) + rng.normal(0, 0.002, (9, 48, 48, 3)).astype(np.float32)
+    long[[1, 2, 4, 6, 7]] += rng.uniform(-0.3, 0.3, (5, 48, 48, 1)).astype(np.float32)
+    # (the classical methods clip to the stack's range; a network's output is not clipped so)
+    deep = np.clip(fuse(long, method="focusdeep", weights=path, register=False, device="cpu").image, long.min(), long.max())
+    every = fuse(long, method="pyramid", register=False, levels=3).image
+    slots = fuse(long[[0, 3, 5, 8]], method="pyramid", register=False, levels=3).image
+    assert np.abs(deep - every).max() < 0.03 < np.abs(deep - slots).max()
+
+
+def test_training_puts_focusdeep_weights_on_the_pyramid_base(tmp_path):
+    from napari_focusdeep.models.focusdeep_any import pyramid_base
+    from napari_focusdeep.training.train import TrainConfig, train
+
+    plain = _tiny("focusdeep", n_frames=3)
+    start = tmp_path / "plain.safetensors"
+    W.save_weights(plain, start)
+    cfg = TrainConfig(architecture="focusdeep", model={"base": "pyramid", "noise_input": True}, steps=1, batch_size=1,
+                      crop=32, fixed_frames=3, init_weights=str(start), val_count=1, val_every=1, device="cpu", lr=1e-6)
+    messages = []
+    res = train(cfg, tmp_path / "run", log=messages.append)
+    assert any("no pyramid base" in m for m in messages) and any("no noise input" in m for m in messages), messages
+    kw = W.read_config(res.weights)["kwargs"]
+    assert kw["base"] == "pyramid" and kw["noise_input"] is True
+    model = W.load_model(res.weights, device="cpu").eval()
+    x = _burst(1, 3, 24, 24)
+    with torch.no_grad():
+        assert (model(x) - pyramid_base(x)).abs().max() < 0.05
+
+
 def test_focusdeep_any_order_invariant_without_alignment():
     model = _tiny("focusdeep-any", align=False).eval()
     x = _burst(1, 6, 16, 20)

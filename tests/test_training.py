@@ -456,3 +456,23 @@ def test_read_noise_scale_raises_only_the_read_noise(tmp_path):
     with pytest.raises(ValueError, match="read_noise_scale"):
         train(tiny_cfg(read_noise_scale=0.5), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_validation_caps_a_flawless_crop():
+    from napari_focusdeep.training.train import VAL_PSNR_CAP, _validate, classical_baseline
+
+    rng = np.random.default_rng(0)
+    flat = np.full((3, 24, 24), 0.4, np.float32)
+    busy = rng.random((3, 24, 24), dtype=np.float32)
+    val = [(np.stack([flat] * 3), flat), (np.stack([busy] * 3), busy * 0.9)]
+    # an exact fusion of the flat crop counts 60 dB, not infinity, beside the other crop's score
+    base = classical_baseline(val)
+    other = 10 * np.log10(1 / np.mean((busy[:, 4:-4, 4:-4] * 0.1) ** 2))
+    assert np.isfinite(base) and abs(base - (VAL_PSNR_CAP + other) / 2) < 0.5
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=1)
+
+    score = _validate(Mean(), val, torch.device("cpu"), False, 4)
+    assert np.isfinite(score) and abs(score - (VAL_PSNR_CAP + other) / 2) < 0.01

@@ -31,6 +31,7 @@ __all__ = [
     "FeaturePyramid",
     "PCDAlign",
     "OutputHead",
+    "start_at_base",
     "STEMS",
     "stem_scale",
     "pad_to_multiple",
@@ -275,6 +276,17 @@ class OutputHead(nn.Module):
         if self.residual:
             out = out + (bilinear_demosaic(src) if self.demosaic else src)
         return out
+
+
+def start_at_base(head: nn.Module) -> None:
+    """Shrink an output head's last layers near zero, so a network that corrects a
+    classical base image starts from that image (weight-normed convolutions: the
+    magnitude ``original0`` is scaled, the direction kept, so training can grow it)."""
+    convs = [head.last] + ([head.skip_last] if hasattr(head, "skip_last") else [])
+    with torch.no_grad():
+        for conv in convs:
+            conv.parametrizations.weight.original0.mul_(0.01)
+            conv.bias.zero_()
 
 
 class UnshuffledHead(nn.Module):

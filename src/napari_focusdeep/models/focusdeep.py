@@ -12,17 +12,32 @@ non-local fusion, which biased the result towards the reference frame), then
 reconstructed by an LRCN, and the output adds a convolutional skip path from the
 first frame (``skip="first"``, as in the paper) or the frames' mean.
 
+``base="pyramid"`` (not in the paper) adds the network's output to the classical
+noise-aware ``pyramid`` fusion of the burst instead, as
+:class:`~napari_focusdeep.models.focusdeep_any.FocusDeepAny` can: the network then
+predicts a correction of the classical result and, since its output layers start
+near zero, starts from it. Trained end to end from the first frame, this network
+stays far below the classical methods after a GPU-budget run (see
+docs/model-card.md); on the base it cannot end below them. When a stack is longer
+than ``n_frames``, the frames the network's slots skip still go into the base, so
+no focus slice is lost. ``noise_input=True`` also gives the fusion the stack's
+measured noise level as one more plane.
+
 A convolution over concatenated channels is a sum of per-frame convolutions, so
 inference streams (:meth:`FocusDeep.stream`): only the previous frame's pyramid
 and one fused feature map are held, whatever ``n_frames``.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .base import BurstModel, Stream, check_frame, resample_frames
-from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, pad_to_multiple, stem_scale, wn_conv
+from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, pad_to_multiple, start_at_base, stem_scale, wn_conv
 
 __all__ = ["FocusDeep", "resample_frames", "previous_index"]
 
@@ -57,9 +72,19 @@ class FocusDeep(BurstModel):
         ``"raw"``: input is packed RGGB at half resolution, the output is upsampled
         2x by a pixel shuffle.
     skip : {"first", "mean"}
-        Source of the skip path.
+        Source of the skip path (without a base).
     fusion_kernel : int
         Kernel size of the fusion convolution (1 as in EBSR).
+    base : {None, "pyramid"}
+        ``"pyramid"``: the output corrects the classical pyramid fusion of the
+        burst (:func:`~napari_focusdeep.models.focusdeep_any.pyramid_base`) instead
+        of adding a skip path from ``skip``'s frames. Needs the rgb stem.
+    base_levels : int
+        Detail levels of the pyramid base.
+    noise_input : bool
+        Feed the base's noise level (:func:`~napari_focusdeep.models.focusdeep_any.noise_plane`)
+        to the fusion convolution as one more plane (needs ``base="pyramid"``).
+        Its weights start at zero.
     """
 
     architecture = "focusdeep"
@@ -79,6 +104,9 @@ class FocusDeep(BurstModel):
         stem: str = "rgb",
         skip: str = "first",
         fusion_kernel: int = 1,
+        base: str | None = None,
+        base_levels: int = 3,
+        noise_input: bool = False,
     ) -> None:
         super().__init__()
         if n_frames < 1:
@@ -86,24 +114,57 @@ class FocusDeep(BurstModel):
         if skip not in ("first", "mean"):
             raise ValueError(f"skip must be 'first' or 'mean', got {skip!r}")
         stem_scale(stem)
+        if base not in (None, "pyramid"):
+            raise ValueError(f"base must be None or 'pyramid', got {base!r}")
+        if base == "pyramid" and (stem != "rgb" or in_channels != out_channels):
+            raise ValueError("the pyramid base needs the rgb stem and as many output as input channels")
+        if int(base_levels) < 1:
+            raise ValueError(f"base_levels must be >= 1, got {base_levels!r}")
+        if noise_input and base != "pyramid":
+            raise ValueError("noise_input needs base='pyramid', whose noise level it is")
         self.config = dict(
             n_frames=int(n_frames), in_channels=int(in_channels), out_channels=int(out_channels),
             features=int(features), front_blocks=int(front_blocks), groups=int(groups),
             blocks_per_group=int(blocks_per_group), offset_groups=int(offset_groups),
             max_offset=float(max_offset), stem=stem, skip=skip, fusion_kernel=int(fusion_kernel),
         )
+        if base is not None:  # older weights' configs stay as they were
+            self.config.update(base=base, base_levels=int(base_levels))
+        if noise_input:
+            self.config.update(noise_input=True)
+        self.base, self.base_levels, self.noise_input = base, int(base_levels), bool(noise_input)
+        if base == "pyramid":
+            from .focusdeep_any import grid_multiple
+
+            self.multiple = grid_multiple(1, base, self.base_levels)
         nf = features
         self.extract = FeaturePyramid(in_channels, nf, front_blocks)
         self.align = PCDAlign(nf, offset_groups, max_offset)
-        self.fusion = wn_conv(n_frames * nf, nf, fusion_kernel)
+        self.fusion = wn_conv(n_frames * nf + self.noise_input, nf, fusion_kernel)
+        if self.noise_input:
+            with torch.no_grad():  # the noise plane starts unused: weights trained without it still fit
+                self.fusion.parametrizations.weight.original1[:, n_frames * nf :].zero_()
         self.recon = LRCN(nf, groups, blocks_per_group)
-        self.head = OutputHead(nf, in_channels, out_channels, stem)
+        self.head = OutputHead(nf, in_channels, out_channels, stem, residual=base == "pyramid")
+        if base == "pyramid":
+            start_at_base(self.head)
 
     def offset_reach(self) -> float:
         return self.align.offset_reach()
 
     def _skip_source(self, x: Tensor) -> Tensor:
         return x[:, 0] if self.config["skip"] == "first" else x.mean(dim=1)
+
+    def _fused(self, acc: Tensor, noise: Sequence[float]) -> Tensor:
+        """ReLU of the fusion convolution, given its frames' part ``acc`` (no bias)."""
+        if self.noise_input:
+            from .focusdeep_any import noise_plane
+
+            k = self.config["fusion_kernel"]
+            w = self.fusion.weight[:, -1:]
+            plane = noise_plane(noise, acc[:, :1]).to(w.dtype)
+            acc = acc + F.conv2d(plane, w, padding=k // 2).float()
+        return F.relu(acc + self.fusion.bias.to(acc.dtype).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, N, C, H, W)`` with ``N == n_frames`` -> ``(B, C_out, H*s, W*s)``."""
@@ -113,6 +174,11 @@ class FocusDeep(BurstModel):
                 f"this FocusDeep takes {self.n_frames} frames, got {n}; "
                 "resample the burst with resample_frames(n_in, n_frames)"
             )
+        if self.base == "pyramid":
+            from .focusdeep_any import burst_noise, pyramid_base
+
+            noise = burst_noise(x)
+            src, _ = pad_to_multiple(pyramid_base(x, self.base_levels, noise).to(x.device), self.multiple)
         x, _ = pad_to_multiple(x, self.multiple)
         hp, wp = x.shape[-2:]
         feats = self.extract(x.reshape(b * n, c, hp, wp))
@@ -121,23 +187,42 @@ class FocusDeep(BurstModel):
         cur = [f.reshape(b * n, *f.shape[2:]) for f in feats]
         ref = [f[:, prev].reshape(b * n, *f.shape[2:]) for f in feats]
         aligned = self.align(cur, ref).reshape(b, n * self.config["features"], hp, wp)
-        fea = F.relu(self.fusion(aligned))
-        out = self.head(self.recon(fea), self._skip_source(x))
+        if self.noise_input:
+            k = self.config["fusion_kernel"]
+            fea = self._fused(F.conv2d(aligned, self.fusion.weight[:, :-1], padding=k // 2).float(), noise)
+        else:
+            fea = F.relu(self.fusion(aligned))
+        if self.base != "pyramid":
+            src = self._skip_source(x)
+        out = self.head(self.recon(fea.to(self.fusion.weight.dtype)), src.to(self.fusion.weight.dtype))
         s = stem_scale(self.config["stem"])
         return out[..., : h * s, : w * s]
 
-    def stream(self, shape: tuple[int, int, int, int]) -> Stream:
-        return _FocusDeepStream(self, shape)
+    def stream(self, shape: tuple[int, int, int, int], noise: float | Sequence[float] | None = None) -> Stream:
+        """Stream a burst of frames of ``shape = (B, C, H, W)``.
+
+        ``noise`` is the stack's noise level for the pyramid base, as for
+        :meth:`FocusDeepAny.stream <napari_focusdeep.models.focusdeep_any.FocusDeepAny.stream>`.
+        A frame pushed with ``repeat=0`` (one the resampling to ``n_frames`` skips)
+        goes into the pyramid base only.
+        """
+        return _FocusDeepStream(self, shape, noise)
 
 
 class _FocusDeepStream(Stream):
-    def __init__(self, model: FocusDeep, shape: tuple[int, int, int, int]) -> None:
+    def __init__(self, model: FocusDeep, shape: tuple[int, int, int, int], noise: float | Sequence[float] | None = None) -> None:
+        from .focusdeep_any import _base_fusion, _per_burst
+
         self.model = model
         self.shape = shape
         self.slot = 0
         self.prev: list[Tensor] | None = None
         self.acc: Tensor | None = None
         self.src: Tensor | None = None
+        self.bases = None
+        if model.base == "pyramid":
+            b, c, h, w = shape
+            self.bases = [_base_fusion((h, w, c), model.base_levels, v) for v in _per_burst(noise, b)]
 
     def push(self, frame: Tensor, repeat: int = 1) -> None:
         m = self.model
@@ -145,6 +230,13 @@ class _FocusDeepStream(Stream):
         n, nf = m.config["n_frames"], m.config["features"]
         if self.slot + repeat > n:
             raise ValueError(f"this FocusDeep takes {n} frames; got more")
+        if self.bases is not None:
+            from .focusdeep_any import _add_base_frame
+
+            planes = frame.float().permute(0, 2, 3, 1).cpu().numpy()
+            for _ in range(max(1, int(repeat))):  # as forward sees it: a repeated slot twice
+                for acc, plane in zip(self.bases, planes):
+                    _add_base_frame(acc, np.ascontiguousarray(plane))
         if repeat < 1:
             return
         x, _ = pad_to_multiple(frame, m.multiple)
@@ -164,6 +256,8 @@ class _FocusDeepStream(Stream):
             self.acc = part if self.acc is None else self.acc + part
             self.slot += 1
         self.prev = feats
+        if self.bases is not None:
+            return
         if m.config["skip"] == "first":
             if self.src is None:
                 self.src = x
@@ -175,10 +269,17 @@ class _FocusDeepStream(Stream):
         n = m.config["n_frames"]
         if self.slot != n:
             raise ValueError(f"this FocusDeep takes {n} frames, {self.slot} were pushed")
-        bias = m.fusion.bias
-        fea = F.relu(self.acc + bias.to(self.acc.dtype).view(1, -1, 1, 1))
-        src = self.src if m.config["skip"] == "first" else self.src / n
-        out = m.head(m.recon(fea), src)
+        noise: list[float] = []
+        if self.bases is not None:
+            base = np.stack([b.finish()[0] for b in self.bases]).transpose(0, 3, 1, 2)
+            noise = [b.noise for b in self.bases]  # as given, or measured on the first frame
+            self.bases = []
+            src, _ = pad_to_multiple(torch.from_numpy(base.copy()).to(self.acc.device), m.multiple)
+        else:
+            src = self.src if m.config["skip"] == "first" else self.src / n
+        fea = m._fused(self.acc, noise)
+        dtype = m.fusion.weight.dtype
+        out = m.head(m.recon(fea.to(dtype)), src.to(dtype))
         s = stem_scale(m.config["stem"])
         h, w = self.shape[-2:]
         return out[..., : h * s, : w * s]

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import BurstModel, Stream, check_frame
-from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, UnshuffledHead, pad_to_multiple, stem_scale, wn_conv
+from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, UnshuffledHead, pad_to_multiple, start_at_base, stem_scale, wn_conv
 from .focusdeep import previous_index
 
 __all__ = ["FocusDeepAny", "BASES", "grid_multiple", "pyramid_base", "burst_noise", "noise_plane", "add_noise_input"]
@@ -150,16 +150,10 @@ class FocusDeepAny(BurstModel):
             if out_channels != in_channels:
                 raise ValueError("scale=2 needs as many output as input channels")
             self.head = UnshuffledHead(nf, in_channels, self.scale)
-            last = [self.head.last]
         else:
             self.head = OutputHead(nf, cin, out_channels, stem, residual=residual)
-            last = [self.head.last, self.head.skip_last]
         if base == "pyramid":
-            # start at the pyramid's result: the correction layers begin near zero
-            with torch.no_grad():
-                for conv in last:
-                    conv.parametrizations.weight.original0.mul_(0.01)
-                    conv.bias.zero_()
+            start_at_base(self.head)  # start at the pyramid's result
 
     def offset_reach(self) -> float:
         # alignment works on features, ``scale`` input pixels apart

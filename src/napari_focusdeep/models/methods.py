@@ -155,7 +155,10 @@ def resampling_note(method: str, n_frames: int, weights: Any = None) -> str | No
     n = trained_frames(method, weights)
     if n is None or int(n_frames) == n:
         return None
-    return f"network trained on {n} frames; resampling the {int(n_frames)}-frame stack to {n}"
+    note = f"network trained on {n} frames; resampling the {int(n_frames)}-frame stack to {n}"
+    if int(n_frames) > n and _config_for(method, weights)[1]["kwargs"].get("base") == "pyramid":
+        note += f" (its pyramid base still fuses all {int(n_frames)})"
+    return note
 
 
 def _halo(arch: str, **opts: Any) -> int:
@@ -287,6 +290,8 @@ class DeepAccumulator:
             self.repeats = np.bincount(idx, minlength=n_frames)
         else:
             self.repeats = None
+        # a fixed-length network on the pyramid base: frames its slots skip still go into the base
+        self.feed_skipped = model.config.get("base") == "pyramid"
         self.z = 0
         self.best = np.full((h, w), -np.inf, np.float32)
         self.depth = np.zeros((h, w), np.float32)
@@ -337,7 +342,7 @@ class DeepAccumulator:
         """Push the next frame ``(H, W, C)`` float32 (and its selection image)."""
         self._update_depth(focus)
         repeat = 1 if self.repeats is None else int(self.repeats[self.z])
-        if repeat:
+        if repeat or self.feed_skipped:
             with self._guard():
                 self.stream.push(self._tensor(frame), repeat=repeat)
         self.z += 1
