@@ -394,6 +394,14 @@ def test_focusdeep_on_the_pyramid_base_starts_there_and_streams_as_forward():
         for i in range(4):
             stream.push(x[:, i])
         assert torch.allclose(stream.finish(), ref, atol=1e-5)
+        with pytest.raises(RuntimeError, match="finished"):
+            stream.finish()
+        # a frame the slots skip (repeat=0) still goes into the base
+        stream = model.stream((2, 3, 30, 26), noise=burst_noise(x))
+        for i in range(4):
+            stream.push(x[:, i])
+        stream.push(_burst(2, 1, 30, 26, seed=5)[:, 0], repeat=0)
+        assert (stream.finish() - ref).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -220,11 +220,14 @@ class _FocusDeepStream(Stream):
         self.acc: Tensor | None = None
         self.src: Tensor | None = None
         self.bases = None
+        self.finished = False
         if model.base == "pyramid":
             b, c, h, w = shape
             self.bases = [_base_fusion((h, w, c), model.base_levels, v) for v in _per_burst(noise, b)]
 
     def push(self, frame: Tensor, repeat: int = 1) -> None:
+        if self.finished:
+            raise RuntimeError("this burst is finished; start another stream")
         m = self.model
         check_frame(frame, self.shape)
         n, nf = m.config["n_frames"], m.config["features"]
@@ -267,8 +270,11 @@ class _FocusDeepStream(Stream):
     def finish(self) -> Tensor:
         m = self.model
         n = m.config["n_frames"]
+        if self.finished:
+            raise RuntimeError("this burst is finished; start another stream")
         if self.slot != n:
             raise ValueError(f"this FocusDeep takes {n} frames, {self.slot} were pushed")
+        self.finished = True
         noise: list[float] = []
         if self.bases is not None:
             base = np.stack([b.finish()[0] for b in self.bases]).transpose(0, 3, 1, 2)
