@@ -95,11 +95,15 @@ def table(data: list[dict[str, Any]]) -> str:
         if r["architecture"] == "unet":
             shape = f"features {c['features']}, depth {c['depth']}"
         else:
-            shape = f"nf {c['features']}, {c['front_blocks']} front WARBs, LRCN {c['groups']}x{c['blocks_per_group']}"
+            shape = f"nf {c['features']}, {c['front_blocks']} front WARB{'s' if c['front_blocks'] != 1 else ''}, LRCN {c['groups']}x{c['blocks_per_group']}"
             if c.get("base") == "pyramid":
-                shape += f", pyramid base, 1/{c.get('scale', 1)} resolution"
+                shape += ", pyramid base"
+            if c.get("scale", 1) > 1:
+                shape += f", 1/{c['scale']} resolution"
             if not c.get("align", True):
                 shape += ", no alignment"
+            if c.get("noise_input"):
+                shape += ", noise input"
             if c.get("stem") == "raw":
                 shape += ", raw stem (per MP of mosaic)"
         body.append([r["model"], r["n_frames"] or "any", shape, f"{r['params'] / 1e6:.2f} M", r["halo"],

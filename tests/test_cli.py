@@ -228,6 +228,9 @@ def test_fixed_frame_network_says_it_resamples(sim, tmp_path, capsys):
     # nothing to say when the lengths match, or for the any-length network
     assert resampling_note("focusdeep", 8) is None
     assert resampling_note("focusdeep-any", 3) is None
+    # the shipped network fuses every frame of a longer stack in its pyramid base
+    assert resampling_note("focusdeep", 20).endswith("to 8 (its pyramid base still fuses all 20)")
+    assert resampling_note("focusdeep", 20, weights="focusdeep-paper").endswith("resampling the 20-frame stack to 8")
 
 
 def test_ctrl_c_during_train_saves_a_checkpoint_and_resumes(tmp_path):
