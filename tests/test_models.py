@@ -337,11 +337,15 @@ def test_noise_input_stream_equals_forward_and_tiles_equal_whole(tmp_path):
         for i in range(5):
             stream.push(x[:, i])
         assert torch.allclose(stream.finish(), ref, atol=1e-5)
-    path = str(tmp_path / "noisy.safetensors")
+    _check_tiles_equal_whole(model, "focusdeep-any", tmp_path / "noisy.safetensors")
+
+
+def _check_tiles_equal_whole(model, method, path):
+    """Fuse a noisy stack with ``model`` saved at ``path``, whole and in 24-pixel tiles."""
     W.save_weights(model, path)
     stack = _stack(n=4, h=70, w=90) * 0.6 + np.random.default_rng(1).normal(0, 0.05, (4, 70, 90, 3)).astype(np.float32)
-    whole = fuse(stack, method="focusdeep-any", weights=path, register=False, tile=4096, device="cpu")
-    tiled = fuse(stack, method="focusdeep-any", weights=path, register=False, tile=24, ramp=4, device="cpu")
+    whole = fuse(stack, method=method, weights=str(path), register=False, tile=4096, device="cpu")
+    tiled = fuse(stack, method=method, weights=str(path), register=False, tile=24, ramp=4, device="cpu")
     assert tiled.info["blocks"] > 1 and np.abs(whole.image - tiled.image).max() < 1e-3
 
 
@@ -426,13 +430,8 @@ def test_focusdeep_base_halo_adds_the_pyramid_context():
 
 
 def test_focusdeep_base_tiles_equal_whole_and_sees_skipped_frames(tmp_path):
-    model = _visible(_tiny("focusdeep", n_frames=4, **FD_BASED))
     path = str(tmp_path / "fd.safetensors")
-    W.save_weights(model, path)
-    stack = _stack(n=4, h=70, w=90) * 0.6 + np.random.default_rng(1).normal(0, 0.05, (4, 70, 90, 3)).astype(np.float32)
-    whole = fuse(stack, method="focusdeep", weights=path, register=False, tile=4096, device="cpu")
-    tiled = fuse(stack, method="focusdeep", weights=path, register=False, tile=24, ramp=4, device="cpu")
-    assert tiled.info["blocks"] > 1 and np.abs(whole.image - tiled.image).max() < 1e-3
+    _check_tiles_equal_whole(_visible(_tiny("focusdeep", n_frames=4, **FD_BASED)), "focusdeep", path)
     # 9 frames on 4 slots: resampling skips frames 1, 2, 4, 6 and 7, which hold the only
     # detail; an untrained network is the pyramid of all 9 frames, not of the 4 slots'
     fresh = _tiny("focusdeep", n_frames=4, **FD_BASED)
