@@ -55,9 +55,9 @@ from benchmarks import peers as P  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 OURS = "focusdeep"
 #: our tools: never counted as peers
-OUR_TOOLS = ("focusdeep", "focusdeep-any")
+OUR_TOOLS = ("focusdeep", "focusdeep-any", "focusdeep-n8")
 #: tools run only when named in --peers
-OPT_IN = ("focusdeep-any",)
+OPT_IN = ("focusdeep-any", "focusdeep-n8")
 GiB = 2**30
 
 

@@ -16,6 +16,9 @@ Each peer runs in its documented focus-stacking mode:
 ``focusdeep-any``
     The same with ``--method focusdeep-any --device cpu``: our shipped deep model, shown for
     information (the targets concern the classical default).
+``focusdeep-n8``
+    The same with ``--method focusdeep --device cpu``: the paper's fixed-length network
+    (N = 8) on the pyramid base, also for information.
 ``enfuse``
     ``align_image_stack -m -a PREFIX FRAMES`` then ``enfuse --exposure-weight=0
     --saturation-weight=0 --contrast-weight=1 --hard-mask --contrast-window-size=9``
@@ -199,6 +202,14 @@ PEERS: dict[str, Peer] = {
             ("focusdeep",),
             "pip install -e '.[deep]'  (this repository, with torch)",
             _focusdeep("--method", "focusdeep-any", "--device", "cpu"),
+            "napari-focusdeep",
+        ),
+        Peer(
+            "focusdeep-n8",
+            "focusdeep N=8 (ours, deep, CPU)",
+            ("focusdeep",),
+            "pip install -e '.[deep]'  (this repository, with torch)",
+            _focusdeep("--method", "focusdeep", "--device", "cpu"),
             "napari-focusdeep",
         ),
         Peer(
