@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -211,7 +210,7 @@ class FocusDeep(BurstModel):
 
 class _FocusDeepStream(Stream):
     def __init__(self, model: FocusDeep, shape: tuple[int, int, int, int], noise: float | Sequence[float] | None = None) -> None:
-        from .focusdeep_any import _base_fusion, _per_burst
+        from .focusdeep_any import StreamedBase
 
         self.model = model
         self.shape = shape
@@ -219,11 +218,8 @@ class _FocusDeepStream(Stream):
         self.prev: list[Tensor] | None = None
         self.acc: Tensor | None = None
         self.src: Tensor | None = None
-        self.bases = None
+        self.base = StreamedBase(shape, model.base_levels, noise) if model.base == "pyramid" else None
         self.finished = False
-        if model.base == "pyramid":
-            b, c, h, w = shape
-            self.bases = [_base_fusion((h, w, c), model.base_levels, v) for v in _per_burst(noise, b)]
 
     def push(self, frame: Tensor, repeat: int = 1) -> None:
         if self.finished:
@@ -233,13 +229,8 @@ class _FocusDeepStream(Stream):
         n, nf = m.config["n_frames"], m.config["features"]
         if self.slot + repeat > n:
             raise ValueError(f"this FocusDeep takes {n} frames; got more")
-        if self.bases is not None:
-            from .focusdeep_any import _add_base_frame
-
-            planes = frame.float().permute(0, 2, 3, 1).cpu().numpy()
-            for _ in range(max(1, int(repeat))):  # as forward sees it: a repeated slot twice
-                for acc, plane in zip(self.bases, planes):
-                    _add_base_frame(acc, np.ascontiguousarray(plane))
+        if self.base is not None:  # as forward sees it: a repeated slot twice, a skipped frame once
+            self.base.add(frame, max(1, int(repeat)))
         if repeat < 1:
             return
         x, _ = pad_to_multiple(frame, m.multiple)
@@ -259,7 +250,7 @@ class _FocusDeepStream(Stream):
             self.acc = part if self.acc is None else self.acc + part
             self.slot += 1
         self.prev = feats
-        if self.bases is not None:
+        if self.base is not None:
             return
         if m.config["skip"] == "first":
             if self.src is None:
@@ -276,11 +267,8 @@ class _FocusDeepStream(Stream):
             raise ValueError(f"this FocusDeep takes {n} frames, {self.slot} were pushed")
         self.finished = True
         noise: list[float] = []
-        if self.bases is not None:
-            base = np.stack([b.finish()[0] for b in self.bases]).transpose(0, 3, 1, 2)
-            noise = [b.noise for b in self.bases]  # as given, or measured on the first frame
-            self.bases = []
-            src, _ = pad_to_multiple(torch.from_numpy(base.copy()).to(self.acc.device), m.multiple)
+        if self.base is not None:
+            src, noise = self.base.finish(self.acc.device, m.multiple)
         else:
             src = self.src if m.config["skip"] == "first" else self.src / n
         fea = m._fused(self.acc, noise)

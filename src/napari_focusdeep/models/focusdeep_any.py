@@ -48,7 +48,7 @@ from .base import BurstModel, Stream, check_frame
 from .blocks import LRCN, FeaturePyramid, OutputHead, PCDAlign, UnshuffledHead, pad_to_multiple, start_at_base, stem_scale, wn_conv
 from .focusdeep import previous_index
 
-__all__ = ["FocusDeepAny", "BASES", "grid_multiple", "pyramid_base", "burst_noise", "noise_plane", "add_noise_input"]
+__all__ = ["FocusDeepAny", "BASES", "StreamedBase", "grid_multiple", "pyramid_base", "burst_noise", "noise_plane", "add_noise_input"]
 
 #: What the skip path adds the network's correction to.
 BASES = ("select", "pyramid")
@@ -241,6 +241,35 @@ def _add_base_frame(acc: Any, frame: np.ndarray) -> None:
     acc.add(frame, selection_image(frame))
 
 
+class StreamedBase:
+    """The pyramid base of a streamed batch of bursts: one classical accumulator per
+    burst of ``shape = (B, C, H, W)``, fed the same frames as the network.
+
+    ``noise`` is one level for all bursts or one each (``None``: each measured on its
+    first frame), as for :func:`pyramid_base`.
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int], levels: int, noise: float | Sequence[float] | None) -> None:
+        b, c, h, w = shape
+        self.accs = [_base_fusion((h, w, c), levels, n) for n in _per_burst(noise, b)]
+
+    def add(self, frame: Tensor, times: int = 1) -> None:
+        """Fold ``frame`` ``(B, C, H, W)`` in ``times`` times (a repeated frame counts as copies)."""
+        planes = frame.float().permute(0, 2, 3, 1).cpu().numpy()
+        for _ in range(times):
+            for acc, plane in zip(self.accs, planes):
+                _add_base_frame(acc, np.ascontiguousarray(plane))
+
+    def finish(self, device: Any, multiple: int) -> tuple[Tensor, list[float]]:
+        """The base images ``(B, C, H', W')``, padded to ``multiple``, on ``device``, and
+        the noise level each burst used; the accumulators are released."""
+        base = np.stack([acc.finish()[0] for acc in self.accs]).transpose(0, 3, 1, 2)
+        noise = [acc.noise for acc in self.accs]  # as given, or measured on the first frame
+        self.accs = []
+        src, _ = pad_to_multiple(torch.from_numpy(base.copy()).to(device), multiple)
+        return src, noise
+
+
 def _bursts(x: Tensor) -> np.ndarray:
     return x.detach().float().cpu().numpy().transpose(0, 1, 3, 4, 2)  # (B, N, H, W, C)
 
@@ -310,11 +339,7 @@ class _AnyStream(Stream):
     def __init__(self, model: FocusDeepAny, shape: tuple[int, int, int, int], noise: float | None = None) -> None:
         self.model = model
         self.shape = shape
-        b, c, h, w = shape
-        # one classical accumulator per burst in the batch, fed the same frames
-        self.bases = None
-        if model.base == "pyramid":
-            self.bases = [_base_fusion((h, w, c), model.base_levels, n) for n in _per_burst(noise, b)]
+        self.base = StreamedBase(shape, model.base_levels, noise) if model.base == "pyramid" else None
         self.finished = False
         self.count = 0
         self.prev: list[Tensor] | None = None
@@ -335,14 +360,12 @@ class _AnyStream(Stream):
         self.prev = feats if m.align is not None else None
         logits = m.score(aligned).float()
         a = aligned.float()
-        planes = frame.float().permute(0, 2, 3, 1).cpu().numpy() if self.bases is not None else None
+        if self.base is not None:
+            self.base.add(frame, max(0, int(repeat)))
         for _ in range(max(0, int(repeat))):  # a repeated frame counts like N copies of it
             self.feat_sm = _online_softmax(self.feat_sm, logits[:, :nf], a)
-            if self.bases is None:
+            if self.base is None:
                 self.img_sm = _online_softmax(self.img_sm, logits[:, nf:], x.float())
-            else:
-                for acc, plane in zip(self.bases, planes):
-                    _add_base_frame(acc, np.ascontiguousarray(plane))
             self.fmax = a if self.fmax is None else torch.maximum(self.fmax, a)
             self.fsum = a.clone() if self.fsum is None else self.fsum + a
             self.count += 1
@@ -361,13 +384,10 @@ class _AnyStream(Stream):
         self.finished = True
         _, s, acc = self.feat_sm
         h, w = self.shape[-2:]
-        if self.bases is None:
+        noise: list[float] = []
+        if self.base is None:
             _, si, acci = self.img_sm
             src = acci / si
-        noise: list[float] = []
-        if self.bases is not None:
-            base = np.stack([b.finish()[0] for b in self.bases]).transpose(0, 3, 1, 2)
-            noise = [b.noise for b in self.bases]  # as given, or measured on the first frame
-            self.bases = []
-            src, _ = pad_to_multiple(torch.from_numpy(base.copy()).to(acc.device), self.model.multiple)
+        else:
+            src, noise = self.base.finish(acc.device, self.model.multiple)
         return self.model._fuse_pooled(acc / s, self.fmax, self.fsum / self.count, src, (h, w), noise)
